@@ -1,0 +1,92 @@
+"""Render a face (or any vertex-coloured mesh): rasterize, interpolate colours, composite."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple, Optional
+
+import jax
+import jax.numpy as jnp
+
+from jaxface.camera import Camera
+from jaxface.coeffs import LAYOUT, Coeffs
+from jaxface.formation import form_face, screen_coords
+from jaxface.model.face_model import FaceModel
+from jaxface.render.interpolate import _interpolate
+from jaxface.render.rasterize import Fragments, _rasterize, check_mesh, check_size
+
+
+class RenderOutput(NamedTuple):
+    """One rendered H x W image (top-down rows).
+
+    image: f32[H, W, 3]       interpolated vertex colours clipped to 0-1; 0 (black) where no face
+    mask: f32[H, W]           1 on covered pixels, 0 elsewhere (not differentiable)
+    fragments: Fragments      the z-buffer (triangle ids, barycentrics, depth)
+    composite: f32[H, W, 3] | None   image over `background` (None when none was given)
+    """
+
+    image: jnp.ndarray
+    mask: jnp.ndarray
+    fragments: Fragments
+    composite: Optional[jnp.ndarray]
+
+
+def render_mesh(verts_screen, colors, tris, height: int, width: int, background=None) -> RenderOutput:
+    """Render one vertex-coloured mesh.
+
+    verts_screen: f32[V, 3]   (x = column, y = top-down row, camera depth)
+    colors: f32[V, 3]         vertex colours, nominally 0-1 (clipped only in the output image)
+    tris: i32[T, 3]           zero-based
+    background: f32[H, W, 3] | None   0-1 image to composite the render over
+    Differentiable w.r.t. `verts_screen` (inside triangles) and `colors`. Batch with jax.vmap.
+    """
+    check_mesh(verts_screen, tris)
+    height, width = check_size(height, width)
+    if jnp.shape(colors) != (jnp.shape(verts_screen)[0], 3):
+        raise ValueError(f"colors must be f32[V, 3] = {(jnp.shape(verts_screen)[0], 3)}, got {jnp.shape(colors)}")
+    _check_background(background, height, width)
+    return _render_mesh(verts_screen, colors, tris, height, width, background)
+
+
+@partial(jax.jit, static_argnames=("height", "width"))
+def _render_mesh(verts_screen, colors, tris, height, width, background) -> RenderOutput:
+    fragments = _rasterize(verts_screen, tris, height=height, width=width)
+    rgb = _interpolate(colors, fragments, tris, verts_screen)
+    mask = (fragments.tri_id >= 0).astype(rgb.dtype)
+    image = jnp.clip(rgb, 0.0, 1.0) * mask[..., None]
+    composite = None
+    if background is not None:
+        composite = image + (1.0 - mask[..., None]) * background
+    return RenderOutput(image, mask, fragments, composite)
+
+
+def render(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera(), background=None) -> RenderOutput:
+    """Render ONE face (coefficient fields without a batch axis) at camera.image_size squared.
+
+    Face formation (shape, pose, SH-lit vertex colours, projection) is `form_face`; the
+    mesh goes through `render_mesh`. Batch with `jax.vmap(render, in_axes=(None, 0))`.
+    """
+    for name, width in LAYOUT:
+        shape = jnp.shape(getattr(coeffs, name))
+        if shape != (width,):
+            raise ValueError(
+                f"coeffs.{name} has shape {shape}, expected ({width},) for one face; "
+                "for a batch use jax.vmap(render, in_axes=(None, 0))"
+            )
+    _check_background(background, camera.image_size, camera.image_size)
+    return _render(model, coeffs, camera, background)
+
+
+@partial(jax.jit, static_argnames=("camera",))
+def _render(model, coeffs, camera, background) -> RenderOutput:
+    face = form_face(model, coeffs, camera)
+    verts = screen_coords(face.uv, face.depth, camera)
+    size = camera.image_size
+    return _render_mesh(verts, face.colors, model.tris, size, size, background)
+
+
+def _check_background(background, height, width):
+    if background is not None and jnp.shape(background) != (height, width, 3):
+        raise ValueError(
+            f"background must be f32[H, W, 3] = {(height, width, 3)} (0-1, top-down), got {jnp.shape(background)}"
+        )

@@ -1,0 +1,101 @@
+"""Save / load converted R-Net variables: an orbax checkpoint plus a JSON of how to feed it.
+
+Layout of a weights folder (default `weights/rnet/`, see `jaxface.paths.weights_dir`):
+    rnet.json      {"format", "version", "config": RNetConfig fields, "source": {...}}
+    checkpoint/    orbax StandardCheckpointer tree {"params", "batch_stats"} (float32)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from jaxface.paths import weights_dir
+from jaxface.rnet.network import RNet, RNetConfig
+
+META_NAME = "rnet.json"
+CKPT_NAME = "checkpoint"
+FORMAT = "jaxface-rnet"
+VERSION = 1
+
+
+def default_rnet_dir() -> Path:
+    return weights_dir() / "rnet"
+
+
+def missing_weights_message(where: Path) -> str:
+    return (
+        f"no converted R-Net weights at {where} (expected {META_NAME} and {CKPT_NAME}/ there). "
+        "Bring the trained weights of a reference implementation: the PyTorch `epoch_20.pth` "
+        "(Deep3DFaceRecon_pytorch, checkpoints/<model name>/epoch_20.pth, from the link in its README) "
+        "or the TensorFlow `FaceReconModel.pb` (Deep3DFaceReconstruction, network/FaceReconModel.pb, "
+        "from the link in its README), then run `jaxface convert-weights PATH/TO/epoch_20.pth` "
+        f"(or FaceReconModel.pb), which writes {default_rnet_dir()}; or point JAXFACE_WEIGHTS_DIR "
+        "at a folder holding rnet/. See weights/README.md."
+    )
+
+
+def abstract_variables(config: RNetConfig) -> Any:
+    """Shape/dtype tree of R-Net variables (float32 params), without allocating them."""
+    cfg = dataclasses.replace(config, dtype="float32")
+    return jax.eval_shape(RNet(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+
+
+def save_rnet(variables: dict, config: RNetConfig, out_dir: str | Path | None = None,
+              source: dict[str, Any] | None = None) -> Path:
+    """Write `variables` + `config` (+ where they came from) to `out_dir`; returns the folder."""
+    import orbax.checkpoint as ocp
+
+    out = Path(out_dir if out_dir is not None else default_rnet_dir()).resolve()  # orbax wants absolute
+    expected = abstract_variables(config)
+    got = jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), variables)
+    want = jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), expected)
+    if got != want:
+        raise ValueError("save_rnet: variables do not match the R-Net tree (names, shapes or float32 dtype)")
+    out.mkdir(parents=True, exist_ok=True)
+    ckptr = ocp.StandardCheckpointer()
+    ckptr.save(out / CKPT_NAME, variables, force=True)
+    ckptr.wait_until_finished()
+    meta = {"format": FORMAT, "version": VERSION, "config": config.to_json(), "source": source or {}}
+    (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    return out
+
+
+def load_rnet(path: str | Path | None = None) -> tuple[dict, RNetConfig]:
+    """(variables, config) from a folder written by `save_rnet` / `jaxface convert-weights`.
+
+    `path`: the folder (default `weights/rnet/`); raises FileNotFoundError naming the files
+    to bring and the command to run when it holds no converted weights.
+    """
+    import orbax.checkpoint as ocp
+
+    where = Path(path if path is not None else default_rnet_dir()).resolve()
+    if where.is_file() and where.suffix in (".pth", ".pb"):
+        raise ValueError(
+            f"{where} is an unconverted weights file; run `jaxface convert-weights {where}` first "
+            "and load the folder it writes")
+    meta_path, ckpt_path = where / META_NAME, where / CKPT_NAME
+    if not meta_path.is_file() or not ckpt_path.is_dir():
+        raise FileNotFoundError(missing_weights_message(where))
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e}); re-run `jaxface convert-weights`") from e
+    if meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
+        raise ValueError(f"{meta_path} is not a jaxface R-Net description (format {meta.get('format')!r})")
+    if meta.get("version", 0) > VERSION:
+        raise ValueError(f"{meta_path} has version {meta['version']}; this jaxface reads up to {VERSION}")
+    config = RNetConfig.from_json(meta["config"])
+    target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_variables(config))
+    try:
+        variables = ocp.StandardCheckpointer().restore(ckpt_path, target)
+    except Exception as e:  # orbax raises several types for truncated / mismatched trees
+        raise ValueError(
+            f"could not restore the R-Net checkpoint in {ckpt_path} ({type(e).__name__}: {e}); "
+            "re-run `jaxface convert-weights`") from e
+    return variables, config

@@ -1,0 +1,328 @@
+"""Convert the trained R-Net weights users bring into a jaxface weights folder.
+
+- PyTorch `epoch_20.pth` (Deep3DFaceRecon_pytorch): `{"net_recon": state_dict}` with
+  torchvision ResNet-50 keys under `backbone.` and the heads under `final_layers.0..6`.
+  Read with `torch.load(weights_only=True)` (no arbitrary unpickling). Needs `jaxface[torch]`.
+- TensorFlow frozen graph `FaceReconModel.pb` (Deep3DFaceReconstruction): slim
+  `resnet_v1_50/...` variables and `fc-*` heads as Const nodes. Parsed with the GraphDef
+  protos shipped in tensorboard, no TensorFlow. Needs `jaxface[tf]`. Heads beyond the seven
+  (one release has an eighth, a focal-length output making `coeff:0` 258 wide) are ignored.
+
+Every tensor's name and shape is checked against the R-Net tree before it is converted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import re
+import sys
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface.rnet.checkpoint import abstract_variables, default_rnet_dir, save_rnet
+from jaxface.rnet.network import FEATURES, HEAD_WIDTHS, STAGES, RNetConfig
+
+MAX_FILE_BYTES = 4 << 30  # the real files are ~100-400 MB; refuse anything absurd before reading
+TORCH_HEADS = tuple(f"final_layers.{h}" for h in range(len(HEAD_WIDTHS)))
+TF_HEADS = ("fc-id", "fc-ex", "fc-tex", "fc-angles", "fc-gamma", "fc-XY", "fc-Z")
+_BN_TORCH = {"weight": ("params", "scale"), "bias": ("params", "bias"),
+             "running_mean": ("batch_stats", "mean"), "running_var": ("batch_stats", "var")}
+_BN_SLIM = {"gamma": ("params", "scale"), "beta": ("params", "bias"),
+            "moving_mean": ("batch_stats", "mean"), "moving_variance": ("batch_stats", "var")}
+
+# source name -> (collection, module path + leaf, axis permutation from the source layout)
+NameTable = dict[str, tuple[str, tuple[str, ...], tuple[int, ...] | None]]
+_OIHW_TO_HWIO = (2, 3, 1, 0)
+
+
+def _backbone_modules():
+    """(our module path, torch module name, slim scope) of every conv and BN of the backbone."""
+    yield ("conv1",), "backbone.conv1", "resnet_v1_50/conv1/weights", "conv"
+    yield ("bn1",), "backbone.bn1", "resnet_v1_50/conv1/BatchNorm", "bn"
+    for i, (_, n) in enumerate(STAGES):
+        for j in range(n):
+            mod = f"layer{i + 1}_{j}"
+            torch_unit = f"backbone.layer{i + 1}.{j}"
+            slim_unit = f"resnet_v1_50/block{i + 1}/unit_{j + 1}/bottleneck_v1"
+            for k in (1, 2, 3):
+                yield (mod, f"conv{k}"), f"{torch_unit}.conv{k}", f"{slim_unit}/conv{k}/weights", "conv"
+                yield (mod, f"bn{k}"), f"{torch_unit}.bn{k}", f"{slim_unit}/conv{k}/BatchNorm", "bn"
+            if j == 0:  # projection shortcut
+                yield (mod, "downsample_conv"), f"{torch_unit}.downsample.0", f"{slim_unit}/shortcut/weights", "conv"
+                yield (mod, "downsample_bn"), f"{torch_unit}.downsample.1", f"{slim_unit}/shortcut/BatchNorm", "bn"
+
+
+def torch_name_table() -> NameTable:
+    table: NameTable = {}
+    for path, torch_name, _, kind in _backbone_modules():
+        if kind == "conv":
+            table[f"{torch_name}.weight"] = ("params", (*path, "kernel"), _OIHW_TO_HWIO)
+        else:
+            for t, (coll, leaf) in _BN_TORCH.items():
+                table[f"{torch_name}.{t}"] = (coll, (*path, leaf), None)
+    return table
+
+
+def slim_name_table() -> NameTable:
+    table: NameTable = {}
+    for path, _, slim_name, kind in _backbone_modules():
+        if kind == "conv":
+            table[slim_name] = ("params", (*path, "kernel"), None)  # TF kernels are already HWIO
+        else:
+            for t, (coll, leaf) in _BN_SLIM.items():
+                table[f"{slim_name}/{t}"] = (coll, (*path, leaf), None)
+    return table
+
+
+# ----------------------------------------------------------------------------- assembly
+
+def _expected_shapes(config: RNetConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
+    flat = jax.tree_util.tree_flatten_with_path(abstract_variables(config))[0]
+    return {tuple(k.key for k in kp): tuple(a.shape) for kp, a in flat}
+
+
+def _set(tree: dict, path: tuple[str, ...], value) -> None:
+    for p in path[:-1]:
+        tree = tree.setdefault(p, {})
+    tree[path[-1]] = value
+
+
+def assemble_variables(
+    shapes: Mapping[str, tuple[int, ...]],
+    load: Callable[[str], np.ndarray],
+    table: NameTable,
+    heads: tuple[tuple[str, str], ...],
+    head_kernel: Callable[[np.ndarray], np.ndarray],
+    config: RNetConfig,
+    what: str,
+) -> dict:
+    """Build R-Net variables from named source tensors.
+
+    shapes: every available source tensor name -> shape (read without loading the data).
+    load: name -> array, called only after the shape was checked.
+    heads: (kernel name, bias name) of the seven heads, in concatenation order.
+    head_kernel: source head kernel -> f32[2048, width].
+    """
+    expected = _expected_shapes(config)
+    head_names = [n for pair in heads for n in pair]
+    missing = [n for n in list(table) + head_names if n not in shapes]
+    if missing:
+        raise ValueError(
+            f"{what}: {len(missing)} of the expected R-Net tensors are missing, e.g. {missing[:4]}; "
+            "is this the trained R-Net (ResNet-50 + seven heads) of the reference implementation?")
+    variables: dict = {}
+    for name, (coll, path, perm) in table.items():
+        want, src = expected[(coll, *path)], tuple(shapes[name])
+        if (tuple(src[p] for p in perm) if perm and len(src) == len(perm) else src) != want:
+            raise ValueError(f"{what}: tensor {name!r} has shape {src}, "
+                             f"which does not fit R-Net's {'/'.join(path)} {want}")
+        a = load(name)
+        _set(variables, (coll, *path), jnp.asarray(np.transpose(a, perm) if perm else a, jnp.float32))
+    kernels, biases = [], []
+    for (kname, bname), width in zip(heads, HEAD_WIDTHS):
+        kshape = shapes[kname]
+        if int(np.prod(kshape)) != FEATURES * width or tuple(shapes[bname]) != (width,):
+            raise ValueError(f"{what}: head {kname!r} has shape {tuple(kshape)} and bias {tuple(shapes[bname])}; "
+                             f"expected {FEATURES} inputs and {width} outputs")
+        kernels.append(head_kernel(load(kname)))
+        biases.append(load(bname).reshape(width))
+    _set(variables, ("params", "head", "kernel"),
+         jnp.asarray(np.concatenate(kernels, axis=1)[None, None], jnp.float32))
+    _set(variables, ("params", "head", "bias"), jnp.asarray(np.concatenate(biases), jnp.float32))
+    return variables
+
+
+# ----------------------------------------------------------------------------- PyTorch
+
+def _import_torch():
+    try:
+        import torch
+    except ImportError as e:
+        raise ImportError("converting a PyTorch epoch_20.pth needs PyTorch: pip install 'jaxface[torch]'") from e
+    return torch
+
+
+def _check_file(path: Path, expected: str) -> Path:
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"{expected} not found at {path}. Download it from the reference implementation's README "
+            "(see weights/README.md), then run `jaxface convert-weights PATH`.")
+    size = path.stat().st_size
+    if size == 0:
+        raise ValueError(f"{path} is empty; expected {expected} (re-download it)")
+    if size > MAX_FILE_BYTES:
+        raise ValueError(f"{path} is {size / 2**30:.1f} GiB, far more than {expected} (~100-400 MB); refusing to read it")
+    return path
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 22), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
+    """The R-Net state dict of an `epoch_20.pth` (torch tensors, memory-mapped when possible)."""
+    torch = _import_torch()
+    path = _check_file(pth_path, "epoch_20.pth")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except RuntimeError as e:
+        if "mmap" not in str(e):  # legacy (pre-zip) files cannot be memory-mapped
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({e})") from e
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # pickle.UnpicklingError for non-tensor objects, zip errors for junk
+        raise ValueError(
+            f"{path} could not be read as a PyTorch weights file with weights_only=True "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); expected epoch_20.pth "
+            "of Deep3DFaceRecon_pytorch (a dict of tensors; jaxface never unpickles arbitrary objects)") from e
+    if isinstance(obj, Mapping) and "net_recon" in obj:
+        obj = obj["net_recon"]
+    elif not (isinstance(obj, Mapping) and any(str(k).startswith("backbone.") for k in obj)):
+        keys = list(obj)[:6] if isinstance(obj, Mapping) else type(obj).__name__
+        raise ValueError(f"{path} has no 'net_recon' entry (found {keys}); expected epoch_20.pth of "
+                         "Deep3DFaceRecon_pytorch, whose 'net_recon' holds the R-Net state dict")
+    if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise ValueError(f"{path}: 'net_recon' is not a state dict of tensors")
+    return obj
+
+
+def torch_state_to_variables(state: Mapping[str, Any], what: str = "state dict") -> tuple[dict, RNetConfig]:
+    """R-Net variables + config from a Deep3DFaceRecon_pytorch `net_recon` state dict
+    (values: torch tensors or numpy arrays)."""
+    config = RNetConfig.for_variant("torch")
+    table = torch_name_table()
+    heads = tuple((f"{h}.weight", f"{h}.bias") for h in TORCH_HEADS)
+    known = set(table) | {n for pair in heads for n in pair}
+    unexpected = [k for k in state if k not in known and not k.endswith("num_batches_tracked")]
+    if unexpected:
+        raise ValueError(f"{what}: unexpected tensors {unexpected[:4]} (total {len(unexpected)}); "
+                         "this is not the reference R-Net (resnet50 + final_layers)")
+
+    def load(name):
+        v = state[name]
+        return (v.detach().float().numpy() if hasattr(v, "detach") else np.asarray(v, np.float32))
+
+    shapes = {k: tuple(v.shape) for k, v in state.items()}
+    variables = assemble_variables(shapes, load, table, heads, lambda w: w.reshape(w.shape[0], -1).T,
+                                   config, what)
+    return variables, config
+
+
+def convert_torch(pth_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """`epoch_20.pth` -> weights folder (default weights/rnet/); returns the folder."""
+    path = _check_file(pth_path, "epoch_20.pth")
+    variables, config = torch_state_to_variables(read_torch_state(path), what=str(path))
+    source = {"format": "pytorch", "file": path.name, "sha256": _sha256(path),
+              "reference": "sicxu/Deep3DFaceRecon_pytorch"}
+    return save_rnet(variables, config, out_dir, source)
+
+
+# ----------------------------------------------------------------------------- TensorFlow
+
+def _import_tf_protos():
+    try:
+        from tensorboard.compat.proto import graph_pb2
+        from tensorboard.util import tensor_util
+    except ImportError as e:
+        raise ImportError("converting a TensorFlow FaceReconModel.pb needs the GraphDef protos of "
+                          "tensorboard: pip install 'jaxface[tf]'") from e
+    return graph_pb2, tensor_util
+
+
+def read_graph_consts(pb_path: str | Path) -> tuple[dict[str, Any], list[str]]:
+    """(Const name -> TensorProto, node names) of a frozen GraphDef, without decoding tensors."""
+    graph_pb2, _ = _import_tf_protos()
+    from google.protobuf.message import DecodeError
+
+    path = _check_file(pb_path, "FaceReconModel.pb")
+    graph = graph_pb2.GraphDef()
+    try:
+        graph.ParseFromString(path.read_bytes())
+    except DecodeError as e:
+        raise ValueError(f"{path} is not a TensorFlow GraphDef ({e}); expected the frozen FaceReconModel.pb") from e
+    consts = {n.name: n.attr["value"].tensor for n in graph.node if n.op == "Const"}
+    return consts, [n.name for n in graph.node]
+
+
+def slim_consts_to_variables(consts: Mapping[str, Any], what: str = "graph") -> tuple[dict, RNetConfig, dict]:
+    """R-Net variables + config (+ notes) from slim Const TensorProtos (`resnet_v1_50/...`, `fc-*`).
+
+    Names may carry a common prefix (e.g. an import scope); it is found from the stem conv.
+    """
+    _, tensor_util = _import_tf_protos()
+    stem = "resnet_v1_50/conv1/weights"
+    prefixes = [n[: -len(stem)] for n in consts if n.endswith(stem)]
+    if len(prefixes) != 1:
+        raise ValueError(f"{what}: expected one Const named '{stem}' (slim resnet_v1_50), found {len(prefixes)}; "
+                         "is this FaceReconModel.pb of Deep3DFaceReconstruction?")
+    prefix = prefixes[0]
+    config = RNetConfig.for_variant("slim")
+    heads = tuple((f"{h}/weights", f"{h}/biases") for h in TF_HEADS)
+
+    def shape(t) -> tuple[int, ...]:
+        return tuple(int(d.size) for d in t.tensor_shape.dim)
+
+    shapes = {n[len(prefix):]: shape(t) for n, t in consts.items() if n.startswith(prefix)}
+
+    def load(name):
+        try:
+            return tensor_util.make_ndarray(consts[prefix + name]).astype(np.float32)
+        except (ValueError, TypeError) as e:  # content length or dtype not matching the declared shape
+            raise ValueError(f"{what}: Const {prefix + name!r} could not be decoded ({e})") from e
+
+    variables = assemble_variables(shapes, load, slim_name_table(), heads,
+                                   lambda w: w.reshape(FEATURES, -1), config, what)
+    extra = sorted({m.group(1) for n in shapes if (m := re.match(r"(fc-[^/]+)/weights$", n))} - set(TF_HEADS))
+    return variables, config, {"prefix": prefix, "ignored_heads": extra}
+
+
+def convert_tf(pb_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """`FaceReconModel.pb` -> weights folder (default weights/rnet/); returns the folder."""
+    path = _check_file(pb_path, "FaceReconModel.pb")
+    consts, nodes = read_graph_consts(path)
+    variables, config, notes = slim_consts_to_variables(consts, what=str(path))
+    source = {"format": "tensorflow-frozen-graph", "file": path.name, "sha256": _sha256(path),
+              "reference": "microsoft/Deep3DFaceReconstruction",
+              "input_node": "input_imgs" if "input_imgs" in nodes else None,
+              "output_node": "coeff" if "coeff" in nodes else None, **notes}
+    return save_rnet(variables, config, out_dir, source)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+def convert_weights_cli(argv: list[str] | None = None) -> int:
+    """`jaxface convert-weights SOURCE [--out DIR] [--format auto|torch|tf]`; returns an exit code."""
+    parser = argparse.ArgumentParser(
+        prog="jaxface convert-weights",
+        description="Convert trained R-Net weights (PyTorch epoch_20.pth or TensorFlow FaceReconModel.pb) "
+                    "into a jaxface weights folder that `jaxface.rnet.load_rnet` reads.")
+    parser.add_argument("source", type=Path, help="epoch_20.pth (Deep3DFaceRecon_pytorch) or "
+                        "FaceReconModel.pb (Deep3DFaceReconstruction)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help=f"output folder (default: {default_rnet_dir()}; set JAXFACE_WEIGHTS_DIR to move it)")
+    parser.add_argument("--format", choices=("auto", "torch", "tf"), default="auto",
+                        help="source format; auto: by extension (.pth/.pt torch, .pb tf)")
+    args = parser.parse_args(argv)
+    fmt = args.format
+    if fmt == "auto":
+        fmt = {".pth": "torch", ".pt": "torch", ".pb": "tf"}.get(args.source.suffix.lower())
+        if fmt is None:
+            print(f"error: cannot tell the format of {args.source} from its extension; "
+                  "pass --format torch (epoch_20.pth) or --format tf (FaceReconModel.pb)", file=sys.stderr)
+            return 2
+    try:
+        out = (convert_torch if fmt == "torch" else convert_tf)(args.source, args.out)
+    except (FileNotFoundError, ValueError, ImportError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {out} (variant {'torch' if fmt == 'torch' else 'slim'}); load it with jaxface.rnet.load_rnet()")
+    return 0
