@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -102,7 +103,7 @@ def shade(albedo, normals, gamma):
 
     gamma: f32[27] reshaped (3 channels, 9).
     """
-    g = gamma.reshape(3, 9).at[:, 0].add(AMBIENT_OFFSET)
+    g = jnp.asarray(gamma).reshape(3, 9).at[:, 0].add(AMBIENT_OFFSET)
     return albedo * (sh_basis(normals) @ g.T)
 
 
@@ -144,3 +145,11 @@ def form_face(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera()) -> Fa
 def screen_coords(uv, depth, camera: Camera = Camera()):
     """(uv v-up, depth) -> f32[N, 3] (x = column, y = top-down row, depth) for the rasterizer."""
     return jnp.stack([uv[:, 0], camera.image_size - 1 - uv[:, 1], depth], axis=-1)
+
+
+def _form_faces(model: FaceModel, coeffs: Coeffs, camera: Camera) -> Face:
+    return jax.vmap(form_face, in_axes=(None, 0, None))(model, coeffs, camera)
+
+
+form_faces = jax.jit(_form_faces, static_argnums=2)
+form_faces.__doc__ = """Batched `form_face`: coeffs fields f32[B, ...] -> `Face` with a leading B axis (jitted once)."""

@@ -81,36 +81,34 @@ def rasterize(verts_screen, tris, height: int, width: int) -> Fragments:
 def _rasterize(verts_screen, tris, height: int, width: int) -> Fragments:
     verts = lax.stop_gradient(verts_screen).astype(jnp.float32)
     tris = tris.astype(jnp.int32)
-    tri_verts = verts[tris]  # f32[T, 3, 3]
-    params, box = _setup(tri_verts, height, width)
-    id_bits = id_bits_for(tris.shape[0])
+    num_tris = tris.shape[0]
+    params, box = _setup(verts.T[:, tris.T], height, width)
+    id_bits = id_bits_for(num_tris)
     wb_max, shift = _depth_quantizer(verts, 32 - id_bits)
     candidates = partial(_candidates, wb_max=wb_max, shift=shift, id_bits=id_bits, width=width)
     zbuf = jnp.full(height * width, _BACKGROUND, jnp.uint32)
 
-    # Dense pass: tile (0, 0) of every triangle, f32[TILE * TILE, T].
+    # Dense pass: tile (0, 0) of every triangle, [TILE * TILE, T].
     dy, dx = (a.reshape(-1, 1) for a in np.mgrid[:TILE, :TILE].astype(np.int32))
-    ids = jnp.arange(tris.shape[0], dtype=jnp.int32)
-    idx, key = candidates(params, box, ids, dx, dy)
-    zbuf = _scatter_min(zbuf, idx, key)
+    zbuf = _scatter_min(zbuf, *candidates(params, box, jnp.arange(num_tris, dtype=jnp.int32), dx, dy))
 
-    # Remaining tiles of triangles larger than one tile, CHUNK at a time.
-    tiles_x = jnp.maximum((box[2] + TILE - 1) // TILE, 1)
-    tiles_y = (box[3] + TILE - 1) // TILE
-    extra = tiles_x * tiles_y - 1  # >= 0 for drawn triangles
-    extra = jnp.where((box[2] > 0) & (box[3] > 0), extra, 0)
-    ends = jnp.cumsum(extra)
+    # Remaining tiles of triangles larger than one tile, CHUNK tiles per iteration.
+    col0, row0, ncols, nrows = box
+    tiles_x = jnp.maximum((ncols + TILE - 1) // TILE, 1)
+    extra = jnp.where(nrows > 0, tiles_x * ((nrows + TILE - 1) // TILE) - 1, 0)
+    ends = jnp.cumsum(extra)  # work item w belongs to the first triangle with ends > w
     total = ends[-1]
 
     def body(state):
         start, zbuf = state
         work = start + jnp.arange(CHUNK, dtype=jnp.int32)
-        tri = jnp.minimum(jnp.searchsorted(ends, work, side="right"), tris.shape[0] - 1).astype(jnp.int32)
-        local = work - (ends[tri] - extra[tri]) + 1  # tile number within the triangle, skipping tile 0
-        tx, ty = local % tiles_x[tri], local // tiles_x[tri]
-        sub_box = box[:, tri].at[4].set(jnp.where(work < total, 1, 0))
-        idx, key = candidates(params[:, tri], sub_box, tri, tx * TILE + dx, ty * TILE + dy)
-        return start + CHUNK, _scatter_min(zbuf, idx, key)
+        tri = jnp.minimum(jnp.searchsorted(ends, work, side="right"), num_tris - 1).astype(jnp.int32)
+        tile = work - (ends[tri] - extra[tri]) + 1  # tile number within the triangle; 0 was done
+        live = work < total
+        sub_box = (col0[tri], row0[tri], jnp.where(live, ncols[tri], 0), nrows[tri])
+        ox, oy = tile % tiles_x[tri] * TILE, tile // tiles_x[tri] * TILE
+        sub_params = tuple(p[tri] for p in params)
+        return start + CHUNK, _scatter_min(zbuf, *candidates(sub_params, sub_box, tri, ox + dx, oy + dy))
 
     _, zbuf = lax.while_loop(lambda s: s[0] < total, body, (jnp.int32(0), zbuf))
 
@@ -118,30 +116,30 @@ def _rasterize(verts_screen, tris, height: int, width: int) -> Fragments:
     tri_id = jnp.where(zbuf == _BACKGROUND, -1, (zbuf & ((1 << id_bits) - 1)).astype(jnp.int32))
     valid = tri_id >= 0
     rows, cols = jnp.mgrid[:height, :width].astype(jnp.float32)
-    bary, depth = perspective_barycentrics(tri_verts[jnp.maximum(tri_id, 0)], cols, rows, valid)
-    return Fragments(tri_id, bary, depth)
+    corners = verts.T[:, tris[jnp.maximum(tri_id, 0)].transpose(2, 0, 1)]  # f32[3, 3, H, W]
+    bary, depth = perspective_barycentrics(corners, cols, rows, valid)
+    return Fragments(tri_id, jnp.moveaxis(bary, 0, -1), depth)
 
 
-def perspective_barycentrics(tri_verts, px, py, valid):
-    """Perspective-correct barycentrics of points (px, py) in their triangles.
+def perspective_barycentrics(corners, px, py, valid):
+    """Perspective-correct barycentrics of sample points in their triangles.
 
-    tri_verts: f32[*S, 3, 3] screen vertices (x, y, depth) of each point's triangle
-    px, py: f32[*S]          sample positions
-    valid: bool[*S]          False where there is no triangle (outputs 0, safe gradients)
-    Returns (bary f32[*S, 3], depth f32[*S]). Differentiable w.r.t. `tri_verts`.
-    Screen weights l_k are edge functions relative to the sample (accurate for small
-    triangles far from the origin); the perspective weights are l_k/z_k normalized.
+    corners: f32[3, 3, *S]  (x / y / depth, corner k, sample) screen vertices of each
+                            sample's triangle
+    px, py: f32[*S]         sample positions
+    valid: bool[*S]         False where there is no triangle (outputs 0, safe gradients)
+    Returns (bary f32[3, *S] corner first, depth f32[*S]). Differentiable w.r.t. corners.
+    Screen weights l_k come from edge functions taken relative to the sample (accurate
+    for small triangles far from the origin); perspective weights are l_k / z_k, normalized.
     """
-    x = tri_verts[..., 0] - px[..., None]
-    y = tri_verts[..., 1] - py[..., None]
-    x1, x2 = jnp.roll(x, -1, axis=-1), jnp.roll(x, -2, axis=-1)
-    y1, y2 = jnp.roll(y, -1, axis=-1), jnp.roll(y, -2, axis=-1)
-    edge = x1 * y2 - x2 * y1  # twice the signed area of (sample, v_{k+1}, v_{k+2})
-    area2 = edge.sum(-1, keepdims=True)
-    inv_z = 1.0 / jnp.where(valid[..., None], tri_verts[..., 2], 1.0)
-    weighted = edge / jnp.where(valid[..., None], area2, 1.0) * inv_z
-    inv_depth = jnp.where(valid, weighted.sum(-1), 1.0)
-    bary = jnp.where(valid[..., None], weighted / inv_depth[..., None], 0.0)
+    x = [xk - px for xk in corners[0]]
+    y = [yk - py for yk in corners[1]]
+    # Doubled signed area of (sample, v_k+1, v_k+2); they sum to the doubled triangle area.
+    edge = [x[i] * y[j] - x[j] * y[i] for i, j in ((1, 2), (2, 0), (0, 1))]
+    inv_area = 1.0 / jnp.where(valid, edge[0] + edge[1] + edge[2], 1.0)
+    weighted = [e * inv_area / jnp.where(valid, zk, 1.0) for e, zk in zip(edge, corners[2])]
+    inv_depth = jnp.where(valid, weighted[0] + weighted[1] + weighted[2], 1.0)
+    bary = jnp.stack([jnp.where(valid, w / inv_depth, 0.0) for w in weighted])
     return bary, jnp.where(valid, 1.0 / inv_depth, 0.0)
 
 
@@ -156,38 +154,42 @@ def id_bits_for(num_tris: int) -> int:
     return bits
 
 
-def _setup(tri_verts, height, width):
+def _setup(corners, height, width):
     """Per-triangle coverage parameters relative to each triangle's bounding-box origin.
 
-    Returns params f32[12, T] (oriented edge coefficients A_k, B_k, C_k for k = 0..2,
-    then the inverse-depth plane Aw, Bw, Cw) and box i32[5, T] (origin column, origin
-    row, columns, rows, drawn flag); culled triangles get zero columns and rows.
+    corners: f32[3, 3, T] (coordinate x/y/depth, corner, triangle): triangles on the
+    last axis, which XLA's CPU code vectorizes best.
+    Returns params, 12 x f32[T] (oriented edge coefficients a_k, b_k, c_k for k = 0..2,
+    then the inverse-depth plane aw, bw, cw), and box, 4 x i32[T] (origin column, origin
+    row, columns, rows of the clipped pixel-centre bounding box; 0 x 0 when culled).
     """
-    x, y, z = tri_verts[..., 0], tri_verts[..., 1], tri_verts[..., 2]  # f32[T, 3]
-    drawn = jnp.all(jnp.isfinite(tri_verts), axis=(1, 2)) & jnp.all(z > NEAR, axis=1)
+    (x0, x1, x2), (y0, y1, y2), (z0, z1, z2) = corners
+    drawn = jnp.all(jnp.isfinite(corners), axis=(0, 1)) & (jnp.minimum(jnp.minimum(z0, z1), z2) > NEAR)
     # Clamp before the int conversion so huge off-screen coordinates cannot overflow.
-    col0 = jnp.ceil(jnp.clip(x.min(1), 0, width)).astype(jnp.int32)
-    col1 = jnp.floor(jnp.clip(x.max(1), -1, width - 1)).astype(jnp.int32)
-    row0 = jnp.ceil(jnp.clip(y.min(1), 0, height)).astype(jnp.int32)
-    row1 = jnp.floor(jnp.clip(y.max(1), -1, height - 1)).astype(jnp.int32)
-    # Small coordinates relative to an integer origin keep the edge functions exact-ish.
-    x = jnp.where(drawn[:, None], x - col0[:, None], 0.0)
-    y = jnp.where(drawn[:, None], y - row0[:, None], 0.0)
-    x1, x2 = jnp.roll(x, -1, axis=1), jnp.roll(x, -2, axis=1)
-    y1, y2 = jnp.roll(y, -1, axis=1), jnp.roll(y, -2, axis=1)
-    a, b, c = y1 - y2, x2 - x1, x1 * y2 - x2 * y1  # E_k(p) = a px + b py + c
-    area2 = c.sum(1)
+    col0 = jnp.ceil(jnp.clip(jnp.minimum(jnp.minimum(x0, x1), x2), 0, width)).astype(jnp.int32)
+    col1 = jnp.floor(jnp.clip(jnp.maximum(jnp.maximum(x0, x1), x2), -1, width - 1)).astype(jnp.int32)
+    row0 = jnp.ceil(jnp.clip(jnp.minimum(jnp.minimum(y0, y1), y2), 0, height)).astype(jnp.int32)
+    row1 = jnp.floor(jnp.clip(jnp.maximum(jnp.maximum(y0, y1), y2), -1, height - 1)).astype(jnp.int32)
+    # Small coordinates relative to an integer origin keep the edge functions accurate.
+    ox, oy = col0.astype(jnp.float32), row0.astype(jnp.float32)
+    x = [jnp.where(drawn, xk - ox, 0.0) for xk in (x0, x1, x2)]
+    y = [jnp.where(drawn, yk - oy, 0.0) for yk in (y0, y1, y2)]
+    # Edge k (opposite corner k): E_k(p) = a_k px + b_k py + c_k, doubled area of (p, v_k+1, v_k+2).
+    nxt = ((1, 2), (2, 0), (0, 1))
+    a = [y[i] - y[j] for i, j in nxt]
+    b = [x[j] - x[i] for i, j in nxt]
+    c = [x[i] * y[j] - x[j] * y[i] for i, j in nxt]
+    area2 = c[0] + c[1] + c[2]
     drawn &= jnp.abs(area2) >= MIN_AREA2
-    sign = jnp.where(area2 < 0, -1.0, 1.0)[:, None]
-    a, b, c = a * sign, b * sign, c * sign
+    sign = jnp.where(area2 < 0, -1.0, 1.0)
+    a, b, c = ([sign * e for e in coef] for coef in (a, b, c))
     inv_area = jnp.where(drawn, 1.0 / jnp.where(drawn, jnp.abs(area2), 1.0), 0.0)
-    inv_z = jnp.where(drawn[:, None], 1.0 / jnp.where(drawn[:, None], z, 1.0), 0.0)
-    plane = [(coef * inv_z).sum(1) * inv_area for coef in (a, b, c)]
-    params = jnp.concatenate([a.T, b.T, c.T, jnp.stack(plane)], axis=0)
+    inv_z = [jnp.where(drawn, 1.0 / jnp.where(drawn, zk, 1.0), 0.0) for zk in (z0, z1, z2)]
+    plane = [(coef[0] * inv_z[0] + coef[1] * inv_z[1] + coef[2] * inv_z[2]) * inv_area for coef in (a, b, c)]
     ncols = jnp.where(drawn, jnp.maximum(col1 - col0 + 1, 0), 0)
     nrows = jnp.where(drawn, jnp.maximum(row1 - row0 + 1, 0), 0)
-    box = jnp.stack([col0, row0, ncols, nrows, jnp.ones_like(col0)])
-    return params, box
+    # Tuples, not stacked arrays: XLA's CPU concatenate of [T] rows is slow.
+    return (*a, *b, *c, *plane), (col0, row0, ncols, nrows)
 
 
 def _depth_quantizer(verts, depth_bits):
@@ -203,7 +205,7 @@ def _depth_quantizer(verts, depth_bits):
 def _candidates(params, box, ids, px, py, *, wb_max, shift, id_bits, width):
     """Flat pixel indices i32[P, N] and keys u32[P, N] of candidate pixels.
 
-    params f32[12, N], box i32[5, N], ids i32[N]; px, py: i32[P, N] (or broadcastable)
+    params 12 x f32[N], box 4 x i32[N], ids i32[N]; px, py: i32[P, N] (or broadcastable)
     offsets from each triangle's origin. Non-covered candidates get the background key.
     """
     a0, a1, a2, b0, b1, b2, c0, c1, c2, aw, bw, cw = params
@@ -211,7 +213,7 @@ def _candidates(params, box, ids, px, py, *, wb_max, shift, id_bits, width):
     e0 = a0 * fx + b0 * fy + c0
     e1 = a1 * fx + b1 * fy + c1
     e2 = a2 * fx + b2 * fy + c2
-    inside = (jnp.minimum(jnp.minimum(e0, e1), e2) >= 0) & (px < box[2]) & (py < box[3]) & (box[4] > 0)
+    inside = (jnp.minimum(jnp.minimum(e0, e1), e2) >= 0) & (px < box[2]) & (py < box[3])
     wbits = lax.bitcast_convert_type(aw * fx + bw * fy + cw, jnp.int32)
     q = lax.shift_right_logical(jnp.clip(wb_max - wbits, 0, None).astype(jnp.uint32), shift)
     q = jnp.minimum(q, (1 << (32 - id_bits)) - 1)  # rounding may step just outside the vertex range
@@ -221,6 +223,8 @@ def _candidates(params, box, ids, px, py, *, wb_max, shift, id_bits, width):
 
 
 def _scatter_min(zbuf, idx, key):
+    # The barrier keeps XLA from fusing the candidate arithmetic into the scatter's serial loop.
+    idx, key = lax.optimization_barrier((idx, key))
     return zbuf.at[idx.ravel()].min(key.ravel(), mode="promise_in_bounds")
 
 

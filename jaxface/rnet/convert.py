@@ -173,17 +173,22 @@ def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
     """The R-Net state dict of an `epoch_20.pth` (torch tensors, memory-mapped when possible)."""
     torch = _import_torch()
     path = _check_file(pth_path, "epoch_20.pth")
+    def load(mmap: bool):
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except RuntimeError as e:
-        if "mmap" not in str(e):  # legacy (pre-zip) files cannot be memory-mapped
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({e})") from e
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle.UnpicklingError for non-tensor objects, zip errors for junk
+        try:
+            obj = load(mmap=True)
+        except RuntimeError as e:
+            if "mmap" not in str(e):
+                raise
+            obj = load(mmap=False)  # legacy (pre-zip) files cannot be memory-mapped
+    except Exception as e:  # pickle.UnpicklingError for non-tensor objects, zip/EOF errors for junk
+        first = str(e).splitlines()[0] if str(e) else ""
         raise ValueError(
             f"{path} could not be read as a PyTorch weights file with weights_only=True "
-            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); expected epoch_20.pth "
-            "of Deep3DFaceRecon_pytorch (a dict of tensors; jaxface never unpickles arbitrary objects)") from e
+            f"({type(e).__name__}: {first}); expected epoch_20.pth of Deep3DFaceRecon_pytorch "
+            "(a dict of tensors; jaxface never unpickles arbitrary objects)") from e
     if isinstance(obj, Mapping) and "net_recon" in obj:
         obj = obj["net_recon"]
     elif not (isinstance(obj, Mapping) and any(str(k).startswith("backbone.") for k in obj)):

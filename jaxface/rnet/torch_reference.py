@@ -15,7 +15,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from jaxface.rnet.network import HEAD_WIDTHS, STAGES, unit_strides
+# Written out here rather than imported, so the reference stays independent of network.py.
+_STAGES = ((64, 3), (128, 4), (256, 6), (512, 3))
+_HEAD_WIDTHS = (80, 64, 80, 3, 27, 2, 1)
+# torchvision: stride 2 on the first bottleneck of layers 2-4; slim: on the last unit of blocks 1-3.
+_STRIDES = {
+    "torch": ((1, 1, 1), (2, 1, 1, 1), (2, 1, 1, 1, 1, 1), (2, 1, 1)),
+    "slim": ((1, 1, 2), (1, 1, 1, 2), (1, 1, 1, 1, 1, 2), (1, 1, 1)),
+}
 
 
 class Bottleneck(nn.Module):
@@ -46,7 +53,7 @@ class Backbone(nn.Module):
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         cin = 64
-        for i, ((width, _), strides) in enumerate(zip(STAGES, unit_strides(variant))):
+        for i, ((width, _), strides) in enumerate(zip(_STAGES, _STRIDES[variant])):
             units = []
             for j, s in enumerate(strides):
                 units.append(Bottleneck(cin, width, s, project=(j == 0)))
@@ -74,7 +81,7 @@ class TorchRNet(nn.Module):
     def __init__(self, variant: str = "torch"):
         super().__init__()
         self.backbone = Backbone(variant)
-        self.final_layers = nn.ModuleList([nn.Conv2d(2048, w, 1, bias=True) for w in HEAD_WIDTHS])
+        self.final_layers = nn.ModuleList([nn.Conv2d(2048, w, 1, bias=True) for w in _HEAD_WIDTHS])
 
     def forward(self, x):
         x = self.backbone(x)
