@@ -1,0 +1,48 @@
+"""Timing helpers shared by the benchmark scripts (each prints one JSON line)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+
+import jax
+
+
+def block(x):
+    return jax.tree.map(lambda a: a.block_until_ready() if hasattr(a, "block_until_ready") else a, x)
+
+
+def time_compile(fn, *args):
+    """Seconds for the first call (trace + compile + one run)."""
+    t = time.perf_counter()
+    block(fn(*args))
+    return time.perf_counter() - t
+
+
+def median_seconds(fn, *args, repeats: int = 7):
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        block(fn(*args))
+        out.append(time.perf_counter() - t)
+    return statistics.median(out)
+
+
+def alternate(fns: dict, repeats: int = 7) -> dict:
+    """Median seconds per callable, running them in alternation so machine noise hits all alike."""
+    times = {k: [] for k in fns}
+    for _ in range(repeats):
+        for k, f in fns.items():
+            t = time.perf_counter()
+            block(f())
+            times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def emit(name: str, figures: dict) -> None:
+    figures = {"benchmark": name, **figures, "machine": {
+        "cpus": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__, "python": platform.python_version()}}
+    print(json.dumps(figures, sort_keys=False))
