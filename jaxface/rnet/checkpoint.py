@@ -7,7 +7,6 @@ Layout of a weights folder (default `weights/rnet/`, see `jaxface.paths.weights_
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -16,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxface.paths import weights_dir
-from jaxface.rnet.network import RNet, RNetConfig
+from jaxface.rnet.network import RNetConfig, abstract_variables
 
 META_NAME = "rnet.json"
 CKPT_NAME = "checkpoint"
@@ -38,12 +37,6 @@ def missing_weights_message(where: Path) -> str:
         f"(or FaceReconModel.pb), which writes {default_rnet_dir()}; or point JAXFACE_WEIGHTS_DIR "
         "at a folder holding rnet/. See weights/README.md."
     )
-
-
-def abstract_variables(config: RNetConfig) -> Any:
-    """Shape/dtype tree of R-Net variables (float32 params), without allocating them."""
-    cfg = dataclasses.replace(config, dtype="float32")
-    return jax.eval_shape(RNet(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
 
 
 def save_rnet(variables: dict, config: RNetConfig, out_dir: str | Path | None = None,

@@ -24,8 +24,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface.rnet.checkpoint import abstract_variables, default_rnet_dir, save_rnet
-from jaxface.rnet.network import FEATURES, HEAD_WIDTHS, STAGES, RNetConfig
+from jaxface.rnet.checkpoint import default_rnet_dir, save_rnet
+from jaxface.rnet.network import FEATURES, HEAD_WIDTHS, STAGES, RNetConfig, abstract_variables
 
 MAX_FILE_BYTES = 4 << 30  # the real files are ~100-400 MB; refuse anything absurd before reading
 TORCH_HEADS = tuple(f"final_layers.{h}" for h in range(len(HEAD_WIDTHS)))
@@ -97,7 +97,7 @@ def assemble_variables(
     load: Callable[[str], np.ndarray],
     table: NameTable,
     heads: tuple[tuple[str, str], ...],
-    head_kernel: Callable[[np.ndarray], np.ndarray],
+    head_layout: str,
     config: RNetConfig,
     what: str,
 ) -> dict:
@@ -106,7 +106,7 @@ def assemble_variables(
     shapes: every available source tensor name -> shape (read without loading the data).
     load: name -> array, called only after the shape was checked.
     heads: (kernel name, bias name) of the seven heads, in concatenation order.
-    head_kernel: source head kernel -> f32[2048, width].
+    head_layout: "OIHW" (torch, [width, 2048, 1, 1]) or "HWIO" (TF, [1, 1, 2048, width]).
     """
     expected = _expected_shapes(config)
     head_names = [n for pair in heads for n in pair]
@@ -125,11 +125,12 @@ def assemble_variables(
         _set(variables, (coll, *path), jnp.asarray(np.transpose(a, perm) if perm else a, jnp.float32))
     kernels, biases = [], []
     for (kname, bname), width in zip(heads, HEAD_WIDTHS):
-        kshape = shapes[kname]
-        if int(np.prod(kshape)) != FEATURES * width or tuple(shapes[bname]) != (width,):
-            raise ValueError(f"{what}: head {kname!r} has shape {tuple(kshape)} and bias {tuple(shapes[bname])}; "
-                             f"expected {FEATURES} inputs and {width} outputs")
-        kernels.append(head_kernel(load(kname)))
+        want = (width, FEATURES, 1, 1) if head_layout == "OIHW" else (1, 1, FEATURES, width)
+        if tuple(shapes[kname]) != want or tuple(shapes[bname]) != (width,):
+            raise ValueError(f"{what}: head {kname!r} has shape {tuple(shapes[kname])} and bias "
+                             f"{tuple(shapes[bname])}; expected {want} and ({width},)")
+        w = load(kname)
+        kernels.append(w.reshape(width, FEATURES).T if head_layout == "OIHW" else w.reshape(FEATURES, width))
         biases.append(load(bname).reshape(width))
     _set(variables, ("params", "head", "kernel"),
          jnp.asarray(np.concatenate(kernels, axis=1)[None, None], jnp.float32))
@@ -217,8 +218,7 @@ def torch_state_to_variables(state: Mapping[str, Any], what: str = "state dict")
         return (v.detach().float().numpy() if hasattr(v, "detach") else np.asarray(v, np.float32))
 
     shapes = {k: tuple(v.shape) for k, v in state.items()}
-    variables = assemble_variables(shapes, load, table, heads, lambda w: w.reshape(w.shape[0], -1).T,
-                                   config, what)
+    variables = assemble_variables(shapes, load, table, heads, "OIHW", config, what)
     return variables, config
 
 
@@ -284,8 +284,7 @@ def slim_consts_to_variables(consts: Mapping[str, Any], what: str = "graph") -> 
         except (ValueError, TypeError) as e:  # content length or dtype not matching the declared shape
             raise ValueError(f"{what}: Const {prefix + name!r} could not be decoded ({e})") from e
 
-    variables = assemble_variables(shapes, load, slim_name_table(), heads,
-                                   lambda w: w.reshape(FEATURES, -1), config, what)
+    variables = assemble_variables(shapes, load, slim_name_table(), heads, "HWIO", config, what)
     extra = sorted({m.group(1) for n in shapes if (m := re.match(r"(fc-[^/]+)/weights$", n))} - set(TF_HEADS))
     return variables, config, {"prefix": prefix, "ignored_heads": extra}
 

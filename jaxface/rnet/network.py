@@ -26,6 +26,7 @@ from typing import Any, Literal
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxface.coeffs import NUM_COEFFS
 
@@ -211,16 +212,39 @@ class RNet(nn.Module):
         return head(x[:, None, None, :])[:, 0, 0, :]
 
 
+def abstract_variables(config: RNetConfig) -> Any:
+    """Shape/dtype tree of R-Net variables (float32), without allocating or compiling anything."""
+    cfg = dataclasses.replace(config, dtype="float32")
+    return jax.eval_shape(RNet(cfg).init, jax.random.key(0), jax.ShapeDtypeStruct((1, 224, 224, 3), jnp.float32))
+
+
 def init_rnet(key: jax.Array, config: RNetConfig | str = "torch") -> dict:
-    """Fresh variables {"params", "batch_stats"}: He-normal convs, BN identity, zero heads
-    (as both references initialise them). `config` may be a variant name."""
+    """Fresh variables {"params", "batch_stats"}: He-normal (fan-out) convs, BN identity, zero
+    heads (as both references initialise them, so training starts from the mean face).
+    `config` may be a variant name.
+
+    Same distributions as `RNet.init`, but drawn as one normal vector and split: compiling
+    flax's per-parameter random initialisers takes tens of seconds on a small CPU.
+    """
     if isinstance(config, str):
         config = RNetConfig.for_variant(config)
-    variables = jax.jit(RNet(config).init)(key, jnp.zeros((1, 224, 224, 3), jnp.float32))
-    # Zero heads: the references start from the mean face, frontal, ambient light.
-    head = variables["params"]["head"]
-    variables["params"]["head"] = jax.tree.map(jnp.zeros_like, head)
-    return variables
+    flat, treedef = jax.tree_util.tree_flatten_with_path(abstract_variables(config))
+    names = [tuple(k.key for k in path) for path, _ in flat]
+    is_conv = [n[-1] == "kernel" and n[-2] != "head" for n in names]
+    sizes = [int(np.prod(leaf.shape)) if c else 0 for (_, leaf), c in zip(flat, is_conv)]
+    noise = np.asarray(jax.random.normal(key, (sum(sizes),), jnp.float32))
+    offsets = np.cumsum([0] + sizes)
+    leaves = []
+    for (_, leaf), name, conv, off in zip(flat, names, is_conv, offsets):
+        if conv:
+            kh, kw, _, cout = leaf.shape
+            value = noise[off:off + leaf.size].reshape(leaf.shape) * np.sqrt(2.0 / (kh * kw * cout))
+        elif name[-1] in ("scale", "var"):
+            value = np.ones(leaf.shape, np.float32)
+        else:  # BN bias / mean, head kernel and bias
+            value = np.zeros(leaf.shape, np.float32)
+        leaves.append(jnp.asarray(value, jnp.float32))
+    return jax.tree_util.tree_unflatten(treedef, leaves)
 
 
 def to_network_input(images, config: RNetConfig):
