@@ -26,6 +26,7 @@ def _convert_bfm(argv) -> int:
 
 # name -> (one-line help, "module:function" taking argv and returning an exit code)
 COMMANDS = {
+    "demo": ("reconstruct synthetic faces on the embedded synthetic model and write outputs (no download)", "jaxface.demo:demo_cli"),
     "convert-bfm": ("convert the Basel Face Model files into BFM_model_front.mat", "jaxface.cli:_convert_bfm"),
     "convert-weights": ("convert trained R-Net weights (epoch_20.pth or FaceReconModel.pb) for jaxface", "jaxface.rnet.convert:convert_weights_cli"),
     "detect": ("write 5-point landmark .txt files for photos (needs the [detect] extra)", "jaxface.detect:detect_cli"),

@@ -439,9 +439,16 @@ def save_overlay(
     out = blend_overlay(image, rendering, mask, alpha)
     if landmarks is not None:
         out = draw_landmarks(out, landmarks)
-    ok, buf = cv2.imencode(".png", out[:, :, ::-1])  # cv2 encodes BGR
+    return save_png(path, out)
+
+
+def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
+    """Write u8[H, W, 3] RGB as a PNG, atomically."""
+    import cv2
+
+    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))  # cv2 encodes BGR
     if not ok:
-        raise RuntimeError(f"OpenCV could not encode the overlay for {path} as PNG")
+        raise RuntimeError(f"OpenCV could not encode {path} as PNG")
     path = Path(path)
     with atomic_output(path) as tmp:
         tmp.write_bytes(buf.tobytes())

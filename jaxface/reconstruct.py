@@ -1,0 +1,371 @@
+"""`reconstruct(batch)`: photos in, coefficients, meshes, landmarks and renderings out.
+
+Pipeline per batch: load and check each image -> 5/68-point landmarks (given, `NAME.txt`
+beside a path, or a detector) -> alignment to the 224x224 crop -> coefficients from R-Net
+and/or gradient fitting -> face formation and rendering (vmapped, jitted once per bucket)
+-> landmarks, rendering and overlay mapped back to original-image pixels.
+
+One bad image never stops the batch: it gets a status message and NaN results.
+Batches are padded to a few bucket sizes so varying batch sizes reuse compiled programs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface import align, paths
+from jaxface.camera import Camera
+from jaxface.coeffs import Coeffs
+from jaxface.errors import MissingFileError
+from jaxface.fit import FitConfig, fit
+from jaxface.formation import Face, form_faces
+from jaxface.model import bfm
+from jaxface.model.face_model import FaceModel
+from jaxface.render import render
+
+METHODS = ("auto", "rnet", "fit", "rnet+fit")
+OK = "ok"
+
+
+@dataclasses.dataclass(frozen=True)
+class ReconstructConfig:
+    """How `Reconstructor` works.
+
+    method: "rnet" (network only), "fit" (gradient fitting from the mean face),
+        "rnet+fit" (network, then refinement), "auto" ("rnet" when trained weights are
+        present, else "fit" with a one-line notice).
+    buckets: batch sizes compiled for; larger batches are split into chunks of the largest.
+    fit: settings of the gradient fitting (`jaxface.fit.FitConfig`).
+    refine: FitConfig used after R-Net in "rnet+fit" (a shorter schedule).
+    overlay_alpha: opacity of the rendering over the photo in overlays.
+    """
+
+    method: str = "auto"
+    buckets: tuple[int, ...] = (1, 4, 16)
+    fit: FitConfig = FitConfig()
+    refine: FitConfig = FitConfig(landmark_steps=20, photo_steps=60)
+    overlay_alpha: float = 0.8
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
+        if not self.buckets or any(b < 1 for b in self.buckets):
+            raise ValueError(f"buckets must be positive batch sizes, got {self.buckets}")
+
+
+class Reconstruction(NamedTuple):
+    """Results for B images (V vertices). Failed images hold NaN and say why in `status`.
+
+    coeffs: Coeffs[B]                  the 257 coefficients
+    shape: f32[B, V, 3]                canonical (unposed) shape, decimetres
+    vertices: f32[B, V, 3]             posed shape (rotation + translation applied)
+    colors: f32[B, V, 3]               lit vertex colours, 0-1
+    albedo: f32[B, V, 3]               vertex albedo, 0-1
+    landmarks: f32[B, 68, 2]           projected landmarks in original-image pixels (x, y down)
+    crop_landmarks: f32[B, 68, 2]      the same in the 224x224 crop (x, y down)
+    crops: u8[B, 224, 224, 3]          the aligned network inputs
+    rendered: f32[B, 224, 224, 3]      rendered face in the crop, 0-1
+    mask: f32[B, 224, 224]             rendered-face mask in the crop
+    trans_params: f64[B, 5]            [W, H, scale, tx, ty] of each original image
+    image_rendered: tuple[f32[H, W, 3]]  rendering in original-image pixels, per image
+    image_mask: tuple[f32[H, W]]         its mask, per image
+    overlays: tuple[u8[H, W, 3]]         rendering blended over the photo, per image
+    status: tuple[str]                 "ok", or why that image failed
+    method: str                        the method that produced the coefficients
+    model_label: str                   the morphable model (says SYNTHETIC when it is)
+    """
+
+    coeffs: Coeffs
+    shape: np.ndarray
+    vertices: np.ndarray
+    colors: np.ndarray
+    albedo: np.ndarray
+    landmarks: np.ndarray
+    crop_landmarks: np.ndarray
+    crops: np.ndarray
+    rendered: np.ndarray
+    mask: np.ndarray
+    trans_params: np.ndarray
+    image_rendered: tuple
+    image_mask: tuple
+    overlays: tuple
+    status: tuple
+    method: str
+    model_label: str
+
+    @property
+    def ok(self) -> np.ndarray:
+        """bool[B]: which images were reconstructed."""
+        return np.array([s == OK for s in self.status])
+
+
+def bucket_size(n: int, buckets: Sequence[int]) -> int:
+    """Smallest bucket >= n (n <= max(buckets))."""
+    return min(b for b in buckets if b >= n)
+
+
+def _pad(x: np.ndarray, size: int) -> np.ndarray:
+    """Pad the leading axis to `size` by repeating the last row (results are dropped)."""
+    if len(x) == size:
+        return x
+    return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
+
+
+@jax.jit
+def _render_batch(model: FaceModel, coeffs: Coeffs):
+    out = jax.vmap(render, in_axes=(None, 0))(model, coeffs)
+    return out.image, out.mask
+
+
+def default_face_model(bfm_dir=None, quiet: bool = False) -> FaceModel:
+    """The user's Basel model when present, else the embedded synthetic one (with a notice)."""
+    if bfm_dir is not None or bfm.bfm_available():
+        return bfm.load_face_model(bfm_dir)
+    from jaxface.model.synthetic import synthetic_face_model
+
+    model = synthetic_face_model()
+    if not quiet:
+        print(
+            f"jaxface: no Basel Face Model in {paths.bfm_dir()}; using the SYNTHETIC morphable model "
+            "(results are not Basel Face Model reconstructions; see README 'Real BFM').",
+            file=sys.stderr,
+        )
+    return model
+
+
+class Reconstructor:
+    """Holds the face model, R-Net weights and compiled programs; call it on batches of photos.
+
+    model: a FaceModel (default: `default_face_model()`).
+    weights: folder of converted R-Net weights, or None for `weights/rnet` when it exists.
+    detector: a `jaxface.detect.Detector` for images without landmarks, or None.
+    """
+
+    def __init__(self, model: FaceModel | None = None, weights=None, config: ReconstructConfig = ReconstructConfig(),
+                 detector=None, quiet: bool = False):
+        self.model = model if model is not None else default_face_model(quiet=quiet)
+        self.config = config
+        self.detector = detector
+        self.camera = Camera()
+        self.rnet = None  # (variables, RNetConfig, metadata) when trained weights are present
+        from jaxface.rnet import checkpoint
+
+        where = Path(weights) if weights is not None else checkpoint.default_rnet_dir()
+        if (where / checkpoint.META_NAME).is_file():
+            self.rnet = checkpoint.load_rnet(where)
+        elif weights is not None or config.method in ("rnet", "rnet+fit"):
+            raise MissingFileError(checkpoint.missing_weights_message(where))
+        self.method = config.method
+        if self.method == "auto":
+            self.method = "rnet" if self.rnet is not None else "fit"
+            if self.rnet is None and not quiet:
+                print(f"jaxface: no trained R-Net weights in {where}; using gradient fitting (method 'fit').",
+                      file=sys.stderr)
+
+    # ---------------------------------------------------------------- inputs
+
+    def _prepare(self, item, lm) -> tuple[np.ndarray, np.ndarray]:
+        """(image u8[H, W, 3], landmarks f32[5|68, 2] y down) for one input, or raise."""
+        if isinstance(item, (str, Path)):
+            image = align.load_image(item)
+            if lm is None:
+                txt = Path(item).with_suffix(".txt")
+                if txt.is_file():
+                    lm = align.read_landmarks(txt)
+        else:
+            image = _as_rgb_u8(item)
+        if lm is None:
+            if self.detector is None:
+                raise ValueError("no landmarks: pass them, put a 5-point NAME.txt beside the photo, or install "
+                                 "the detector (pip install 'jaxface[detect]') and pass detector=Detector()")
+            found = self.detector.detect(image)
+            if not found:
+                raise ValueError("no face")
+            lm = found[0]
+        lm = np.asarray(lm, np.float32)
+        if lm.ndim != 2 or lm.shape[1] != 2 or lm.shape[0] not in (5, 68) or not np.all(np.isfinite(lm)):
+            raise ValueError(f"landmarks must be finite f32[5 or 68, 2] pixel coordinates, got shape {lm.shape}")
+        return image, lm
+
+    # ---------------------------------------------------------------- coefficients
+
+    def _coefficients(self, crops: np.ndarray, lms: np.ndarray) -> Coeffs:
+        """Coeffs[n] for aligned crops u8[n, 224, 224, 3] and crop landmarks f32[n, K, 2] (y down)."""
+        n = len(crops)
+        size = bucket_size(n, self.config.buckets)
+        crops_p, lms_p = _pad(crops, size), _pad(lms, size)
+        init = None
+        if self.method in ("rnet", "rnet+fit"):
+            from jaxface.rnet import predict
+
+            variables, rcfg = self.rnet[0], self.rnet[1]
+            init = Coeffs.from_vector(predict(variables, jnp.asarray(crops_p), rcfg))
+            if self.method == "rnet":
+                return jax.tree.map(lambda x: np.asarray(x)[:n], init)
+        cfg = self.config.fit if self.method == "fit" else self.config.refine
+        result = fit(self.model, crops_p, lms_p, init=init, config=cfg, camera=self.camera)
+        return jax.tree.map(lambda x: np.asarray(x)[:n], result.coeffs)
+
+    # ---------------------------------------------------------------- main entry
+
+    def __call__(self, images, landmarks=None) -> Reconstruction:
+        """Reconstruct a batch.
+
+        images: u8[N, H, W, 3] or a list of arrays (any size, RGB; gray/RGBA are converted) and/or
+            paths (a 5-point `NAME.txt` beside a path is used when no landmarks are given).
+        landmarks: f32[N, 5|68, 2] or a list (entries may be None) of pixel coordinates, y down.
+        """
+        items = list(images)
+        lms_in = [None] * len(items) if landmarks is None else list(landmarks)
+        if len(lms_in) != len(items):
+            raise ValueError(f"got {len(items)} images but {len(lms_in)} landmark sets")
+        n = len(items)
+        status = [OK] * n
+        photos: list = [None] * n
+        aligned: list = [None] * n
+        for i, (item, lm) in enumerate(zip(items, lms_in)):
+            try:
+                photos[i], lm = self._prepare(item, lm)
+                aligned[i] = align.align_image(photos[i], lm)
+            except Exception as e:  # one bad image never stops the batch
+                status[i] = f"{type(e).__name__}: {e}" if not str(e).startswith("no face") else "no face"
+
+        v = self.model.num_vertices
+        out = _empty(n, v)
+        good = [i for i in range(n) if status[i] == OK]
+        # Fit needs one landmark count per call: group images by 5 or 68 points.
+        for count in (68, 5):
+            group = [i for i in good if len(aligned[i].landmarks) == count]
+            for start in range(0, len(group), max(self.config.buckets)):
+                idx = group[start : start + max(self.config.buckets)]
+                crops = np.stack([aligned[i].image for i in idx])
+                lms = np.stack([_y_down(aligned[i].landmarks) for i in idx]).astype(np.float32)
+                coeffs = self._coefficients(crops, lms)
+                self._fill(out, idx, coeffs, crops, [aligned[i].trans_params for i in idx])
+
+        image_rendered, image_mask, overlays = [], [], []
+        from jaxface.outputs import blend_overlay
+
+        for i in range(n):
+            if status[i] == OK and not np.all(np.isfinite(out["coeffs"][i])):
+                status[i] = "fitting produced non-finite coefficients"
+            if status[i] != OK:
+                image_rendered.append(None), image_mask.append(None), overlays.append(None)
+                continue
+            ren, msk = align.warp_to_image(out["rendered"][i], out["mask"][i], aligned[i].trans_params)
+            image_rendered.append(ren)
+            image_mask.append(msk)
+            overlays.append(blend_overlay(photos[i], ren, msk, alpha=self.config.overlay_alpha))
+        return Reconstruction(
+            coeffs=Coeffs.from_vector(out["coeffs"]),
+            shape=out["shape"], vertices=out["vertices"], colors=out["colors"], albedo=out["albedo"],
+            landmarks=out["landmarks"], crop_landmarks=out["crop_landmarks"], crops=out["crops"],
+            rendered=out["rendered"], mask=out["mask"], trans_params=out["trans_params"],
+            image_rendered=tuple(image_rendered), image_mask=tuple(image_mask), overlays=tuple(overlays),
+            status=tuple(status), method=self.method, model_label=self.model.label,
+        )
+
+    def _fill(self, out: dict, idx: list[int], coeffs: Coeffs, crops: np.ndarray, trans: list) -> None:
+        """Face formation + rendering for one chunk, written into the batch arrays at `idx`."""
+        n = len(idx)
+        size = bucket_size(n, self.config.buckets)
+        padded = jax.tree.map(lambda x: jnp.asarray(_pad(np.asarray(x), size)), coeffs)
+        face: Face = form_faces(self.model, padded, self.camera)
+        rendered, mask = _render_batch(self.model, padded)
+        face = jax.tree.map(lambda x: np.asarray(x)[:n], face)
+        rendered, mask = np.asarray(rendered)[:n], np.asarray(mask)[:n]
+        for k, i in enumerate(idx):
+            out["coeffs"][i] = np.asarray(jax.tree.map(lambda x: x[k], coeffs).to_vector())
+            out["shape"][i], out["vertices"][i] = face.shape[k], face.vertices[k]
+            out["colors"][i], out["albedo"][i] = np.clip(face.colors[k], 0, 1), face.albedo[k]
+            out["crop_landmarks"][i] = _y_down(face.landmarks[k])
+            out["landmarks"][i] = align.crop_to_image_points(face.landmarks[k], trans[k])
+            out["crops"][i], out["rendered"][i], out["mask"][i] = crops[k], rendered[k], mask[k]
+            out["trans_params"][i] = trans[k]
+
+
+def _empty(n: int, v: int) -> dict:
+    nan = np.float32(np.nan)
+    return {
+        "coeffs": np.full((n, 257), nan, np.float32),
+        "shape": np.full((n, v, 3), nan, np.float32),
+        "vertices": np.full((n, v, 3), nan, np.float32),
+        "colors": np.full((n, v, 3), nan, np.float32),
+        "albedo": np.full((n, v, 3), nan, np.float32),
+        "landmarks": np.full((n, 68, 2), nan, np.float32),
+        "crop_landmarks": np.full((n, 68, 2), nan, np.float32),
+        "crops": np.zeros((n, 224, 224, 3), np.uint8),
+        "rendered": np.zeros((n, 224, 224, 3), np.float32),
+        "mask": np.zeros((n, 224, 224), np.float32),
+        "trans_params": np.full((n, 5), np.nan, np.float64),
+    }
+
+
+def _y_down(points, size: int = 224) -> np.ndarray:
+    """Crop points with y up (the camera's v) <-> top-down rows: y' = size - 1 - y."""
+    p = np.array(points, np.float64, copy=True)
+    p[..., 1] = size - 1 - p[..., 1]
+    return p
+
+
+def _as_rgb_u8(image) -> np.ndarray:
+    """Arrays users pass: gray [H, W] or [H, W, 1], RGB, RGBA; uint8, uint16 or float 0-1."""
+    a = np.asarray(image)
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
+        raise ValueError(f"image must be [H, W], [H, W, 1|3|4]; got shape {a.shape}")
+    if a.dtype == np.uint16:
+        a = np.round(a / 257.0).astype(np.uint8)
+    elif np.issubdtype(a.dtype, np.floating):
+        if not np.all(np.isfinite(a)):
+            raise ValueError("image has NaN or infinite values")
+        a = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
+    elif a.dtype != np.uint8:
+        raise ValueError(f"image dtype {a.dtype} is not supported; use uint8, uint16 or float 0-1")
+    if a.shape[2] == 1:
+        a = np.repeat(a, 3, axis=2)
+    return np.ascontiguousarray(a[..., :3])
+
+
+def save_outputs(recon: Reconstruction, i: int, out_dir, stem: str, tris) -> None:
+    """Write image i's `STEM.mat` (both reference layouts), `STEM.obj`, `STEM_overlay.png`.
+
+    As both references do, the mesh and `face_shape` are the posed shape; landmarks in the
+    .mat are crop pixels (y down); the overlay is in original-image pixels with landmarks.
+    """
+    from jaxface import outputs
+
+    if recon.status[i] != OK:
+        raise ValueError(f"image {i} has no result ({recon.status[i]})")
+    where = outputs.result_paths(out_dir, outputs.sanitize_stem(stem))
+    lm68 = recon.crop_landmarks[i]
+    outputs.save_mat(
+        where.mat,
+        coeffs=jax.tree.map(lambda x: np.asarray(x[i]), recon.coeffs),
+        cropped_img=recon.crops[i],
+        recon_img=recon.rendered[i],
+        face_shape=recon.vertices[i],
+        face_texture=recon.albedo[i],
+        face_color=recon.colors[i],
+        lm_68p=lm68,
+        lm_5p=align.five_from_68(lm68),
+    )
+    outputs.save_obj(where.obj, recon.vertices[i], recon.colors[i], np.asarray(tris))
+    outputs.save_png(where.overlay, outputs.draw_landmarks(recon.overlays[i], recon.landmarks[i]))
+
+
+def reconstruct(images, landmarks=None, *, model: FaceModel | None = None, weights=None,
+                config: ReconstructConfig = ReconstructConfig(), detector=None) -> Reconstruction:
+    """One-shot `Reconstructor(model, weights, config, detector)(images, landmarks)`.
+
+    For many batches, build a `Reconstructor` once and call it repeatedly.
+    """
+    return Reconstructor(model, weights, config, detector)(images, landmarks)
