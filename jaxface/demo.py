@@ -68,7 +68,7 @@ def run(out_dir: Path, count: int = 4, seed: int = 0, steps: int = 60, quiet: bo
         write_landmarks_txt(out_dir / "inputs" / f"{name}.txt", align.five_from_68(lm))
     t_setup = time.perf_counter() - t0
 
-    config = ReconstructConfig(fit=FitConfig(landmark_steps=steps, photo_steps=steps))
+    config = ReconstructConfig(buckets=(count,), fit=FitConfig(landmark_steps=steps, photo_steps=steps))
     recon = Reconstructor(model=model, config=config, quiet=True)
     say(f"model: {model.label}; method: {recon.method}; {count} photos -> {out_dir}/")
     t1 = time.perf_counter()

@@ -18,9 +18,10 @@ def synthetic_dir():
 
 @pytest.fixture(scope="session")
 def synthetic_model(synthetic_dir):
-    from jaxface.model.bfm import load_front_model
+    # The same object (static name included) that the demo and CLI load, so jit caches are shared.
+    from jaxface.model.synthetic import synthetic_face_model
 
-    return load_front_model(synthetic_dir / "BFM_model_front.mat")
+    return synthetic_face_model(seed=0, cache_dir=os.environ.get("JAXFACE_CACHE"))
 
 def grid_mesh(n: int = 6):
     """A small n x n grid of vertices, 2(n-1)^2 triangles, and its point_buf (padded with T)."""

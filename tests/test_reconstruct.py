@@ -1,0 +1,132 @@
+"""reconstruct(batch), outputs on disk, the CLI and the demo, on the synthetic model."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from jaxface import align
+from jaxface.cli import main
+from jaxface.demo import make_photos, run
+from jaxface.errors import MissingFileError
+from jaxface.fit import FitConfig
+from jaxface.outputs import load_mat, load_obj, read_failures_csv
+from jaxface.reconstruct import ReconstructConfig, Reconstructor, _render_batch, bucket_size, save_outputs
+
+# One fit schedule and batch size 2 everywhere, so the whole module compiles `fit` twice
+# (68- and 5-point landmarks) instead of once per test.
+STEPS = 10
+FAST = ReconstructConfig(method="fit", buckets=(2,), fit=FitConfig(landmark_steps=STEPS, photo_steps=STEPS))
+
+
+@pytest.fixture(scope="module")
+def photos(synthetic_model):
+    return make_photos(synthetic_model, jax.random.key(7), 3)
+
+
+@pytest.fixture(scope="module")
+def recon(synthetic_model):
+    return Reconstructor(model=synthetic_model, config=FAST, quiet=True)
+
+
+@pytest.fixture(scope="module")
+def result(recon, photos):
+    images, lm68, _, _ = photos
+    items = [images[0], np.zeros((5, 5), np.uint8), images[2]]
+    return recon(items, [lm68[0], lm68[0], lm68[2]])
+
+
+def test_bucket_size():
+    assert bucket_size(1, (1, 4, 16)) == 1 and bucket_size(3, (1, 4, 16)) == 4 and bucket_size(16, (1, 4, 16)) == 16
+
+
+def test_reconstruction_shapes_status_and_accuracy(result, photos, synthetic_model):
+    images, _, true_lm, scene = photos
+    assert result.status[0] == result.status[2] == "ok"
+    assert "outside the 5x5 image" in result.status[1]  # the batch goes on
+    assert result.ok.tolist() == [True, False, True]
+    v = synthetic_model.num_vertices
+    assert result.shape.shape == (3, v, 3) and result.vertices.dtype == np.float32
+    assert result.coeffs.id.shape == (3, 80) and result.landmarks.shape == (3, 68, 2)
+    assert result.crops.shape == (3, 224, 224, 3) and result.crops.dtype == np.uint8
+    assert result.overlays[0].shape == images[0].shape and result.overlays[1] is None
+    assert np.all(np.isnan(result.shape[1]))
+    assert "SYNTHETIC" in result.model_label and result.method == "fit"
+    # Landmarks mapped back to the photo land near the truth (68-point inputs with 1.5 px noise).
+    err = np.linalg.norm(result.landmarks[[0, 2]] - true_lm[[0, 2]], axis=-1).mean()
+    assert err < 4.0, err
+    # The fitted shape is closer to the truth than the mean face.
+    truth = np.asarray(scene.shapes)
+    fit_err = np.linalg.norm(result.shape[[0, 2]] - truth[[0, 2]], axis=-1).mean()
+    mean_err = np.linalg.norm(np.asarray(synthetic_model.mean_shape)[None] - truth, axis=-1).mean()
+    assert fit_err < mean_err
+    # The rendering in photo pixels covers the face where the photo has it.
+    assert result.image_mask[0].sum() > 0.5 * result.mask[0].sum()
+
+
+def test_outputs_round_trip(result, synthetic_model, tmp_path):
+    save_outputs(result, 0, tmp_path, "face", synthetic_model.tris)
+    mat = load_mat(tmp_path / "face.mat")
+    np.testing.assert_allclose(mat["coeff"][0], result.coeffs.to_vector()[0], rtol=1e-6)
+    np.testing.assert_allclose(mat["id"][0], result.coeffs.id[0], rtol=1e-6)
+    np.testing.assert_allclose(mat["lm_68p"], result.crop_landmarks[0], rtol=1e-5)
+    v, c, t = load_obj(tmp_path / "face.obj")
+    np.testing.assert_allclose(v, result.vertices[0], rtol=1e-6, atol=1e-7)
+    np.testing.assert_array_equal(t, np.asarray(synthetic_model.tris))
+    assert (tmp_path / "face_overlay.png").stat().st_size > 0
+    with pytest.raises(ValueError, match="no result"):
+        save_outputs(result, 1, tmp_path, "bad", synthetic_model.tris)
+
+
+def test_same_bucket_does_not_recompile(recon, photos):
+    images, lm68, _, _ = photos
+    before = _render_batch._cache_size()
+    one = recon([images[1]], [lm68[1]])  # 1 image -> padded to bucket 2: the fixture's program
+    assert one.ok.all() and _render_batch._cache_size() == before
+
+
+def test_rnet_without_weights_is_a_clear_error(synthetic_model, tmp_path):
+    with pytest.raises(MissingFileError, match="convert-weights"):
+        Reconstructor(model=synthetic_model, weights=tmp_path, config=ReconstructConfig(method="rnet"), quiet=True)
+
+
+def test_cli_reconstruct_folder_resumes_and_reports(photos, tmp_path, capsys):
+    from jaxface.detect import write_landmarks_txt
+    from jaxface.outputs import save_png
+
+    images, lm68, _, _ = photos
+    src = tmp_path / "in"
+    for name, k in (("a", 0), ("b", 1)):
+        save_png(src / f"{name}.png", images[k])
+        write_landmarks_txt(src / f"{name}.txt", align.five_from_68(lm68[k]))
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (src / "notes.md").write_text("not an image")  # not listed: not an image suffix
+    out = tmp_path / "out"
+    argv = ["reconstruct", str(src), "-o", str(out), "--steps", str(STEPS), "--batch-size", "2", "--method", "fit"]
+    assert main(argv) == 0
+    assert {p.name for p in out.iterdir()} >= {"a.mat", "a.obj", "a_overlay.png", "failures.csv"}
+    rows = read_failures_csv(out / "failures.csv")
+    assert [r.image.endswith("broken.jpg") for r in rows] == [True]
+    stamp = (out / "a.mat").stat().st_mtime_ns
+    assert main(argv) == 0  # resumable: a.* exist and are skipped
+    assert (out / "a.mat").stat().st_mtime_ns == stamp
+    assert "2 skipped" in capsys.readouterr().out
+    # Nothing succeeded -> non-zero exit.
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.png").write_bytes(b"garbage")
+    assert main(["reconstruct", str(only_bad), "-o", str(tmp_path / "o2"), "--method", "fit"]) == 1
+
+
+def test_demo_writes_outputs_and_recovers_faces(tmp_path):
+    summary = run(tmp_path, count=2, steps=STEPS, quiet=True)
+    assert summary["synthetic"] and summary["succeeded"] == 2
+    assert summary["mean"]["shape_error_mm"] < summary["mean"]["mean_face_error_mm"]
+    assert summary["mean"]["landmark_error_px"] < 4.0
+    on_disk = json.loads((tmp_path / "summary.json").read_text())
+    assert on_disk["per_image"][0]["name"] == "synthetic_00"
+    for name in ("synthetic_00.mat", "synthetic_01.obj", "synthetic_00_overlay.png", "inputs/synthetic_00.txt"):
+        assert (tmp_path / name).is_file(), name
