@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from jaxface.render.rasterize import Fragments, check_mesh, perspective_barycentrics
+from jaxface.render.rasterize import Fragments, check_mesh, gather_rows, pixel_barycentrics
 
 
 def interpolate(attributes, fragments: Fragments, tris, verts_screen=None):
@@ -22,8 +22,8 @@ def interpolate(attributes, fragments: Fragments, tris, verts_screen=None):
     Returns f32[H, W, C]: sum_k b_k * attributes[tris[tri_id, k]] with perspective-correct
     weights b_k (screen weights divided by vertex depth, renormalized); 0 on background.
 
-    Gradients: the backward pass of the per-pixel vertex gather is one scatter-add of
-    H*W*3 rows into V vertex rows. Contention is low (a vertex only receives the pixels
+    Gradients: the backward pass of the per-pixel vertex gathers are scatter-adds of
+    3*H*W values into V vertex rows. Contention is low (a vertex only receives the pixels
     of its few triangles), the regime where the CUDA f32 scatter-add regression of jaxlib
     0.10.2-0.11.0 is near parity; a gather-only backward would need a sort per image.
     """
@@ -44,18 +44,16 @@ def interpolate(attributes, fragments: Fragments, tris, verts_screen=None):
 @jax.jit
 def _interpolate(attributes, fragments: Fragments, tris, verts_screen):
     tri_id = jax.lax.stop_gradient(fragments.tri_id)
-    valid = tri_id >= 0
-    corners = tris[jnp.maximum(tri_id, 0)]  # i32[H, W, 3]
     if verts_screen is None:
-        bary = jax.lax.stop_gradient(fragments.bary)
-        values = attributes[corners]  # f32[H, W, 3, C]
+        bary = jnp.moveaxis(jax.lax.stop_gradient(fragments.bary), -1, 0)
     else:
-        # One gather of positions and attributes together: one scatter-add in the backward.
-        dtype = jnp.result_type(attributes, verts_screen)
-        gathered = jnp.concatenate([verts_screen.astype(dtype), attributes.astype(dtype)], axis=1)[corners]
-        height, width = tri_id.shape
-        rows, cols = jnp.mgrid[:height, :width].astype(dtype)
-        bary, _ = perspective_barycentrics(gathered[..., :3], cols, rows, valid)
-        values = gathered[..., 3:]
-    out = jnp.einsum("hwk,hwkc->hwc", bary.astype(values.dtype), values)
-    return jnp.where(valid[..., None], out, 0.0)
+        bary, _ = pixel_barycentrics(verts_screen, tris, tri_id)
+    return blend(attributes, tris, tri_id, bary)
+
+
+def blend(attributes, tris, tri_id, bary):
+    """f32[H, W, C] = sum_k bary[k] * attributes[tris[tri_id, k]]; 0 where tri_id < 0."""
+    corners = tris.T[:, jnp.maximum(tri_id, 0)]  # i32[3, H, W]; corner-first layouts vectorize best
+    values = gather_rows(attributes, corners)  # f32[C, 3, H, W]
+    out = bary[0] * values[:, 0] + bary[1] * values[:, 1] + bary[2] * values[:, 2]
+    return jnp.moveaxis(jnp.where(tri_id >= 0, out, 0.0), 0, -1)

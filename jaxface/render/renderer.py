@@ -12,8 +12,8 @@ from jaxface.camera import Camera
 from jaxface.coeffs import LAYOUT, Coeffs
 from jaxface.formation import form_face, screen_coords
 from jaxface.model.face_model import FaceModel
-from jaxface.render.interpolate import _interpolate
-from jaxface.render.rasterize import Fragments, _rasterize, check_mesh, check_size
+from jaxface.render.interpolate import blend
+from jaxface.render.rasterize import Fragments, check_mesh, check_size, pixel_barycentrics, triangle_ids
 
 
 class RenderOutput(NamedTuple):
@@ -50,9 +50,12 @@ def render_mesh(verts_screen, colors, tris, height: int, width: int, background=
 
 @partial(jax.jit, static_argnames=("height", "width"))
 def _render_mesh(verts_screen, colors, tris, height, width, background) -> RenderOutput:
-    fragments = _rasterize(verts_screen, tris, height=height, width=width)
-    rgb = _interpolate(colors, fragments, tris, verts_screen)
-    mask = (fragments.tri_id >= 0).astype(rgb.dtype)
+    tri_id = triangle_ids(verts_screen, tris, height, width)
+    # Barycentrics once, differentiably; the fragments get a gradient-stopped copy.
+    bary, depth = pixel_barycentrics(verts_screen, tris, tri_id)
+    rgb = blend(colors, tris, tri_id, bary)
+    fragments = Fragments(tri_id, jax.lax.stop_gradient(jnp.moveaxis(bary, 0, -1)), jax.lax.stop_gradient(depth))
+    mask = (tri_id >= 0).astype(rgb.dtype)
     image = jnp.clip(rgb, 0.0, 1.0) * mask[..., None]
     composite = None
     if background is not None:
