@@ -1,9 +1,51 @@
-"""jaxface: Deep3D face reconstruction in JAX."""
+"""jaxface: Deep3D face reconstruction (Deng et al. 2019) in JAX.
+
+    import jaxface
+    result = jaxface.reconstruct(["photo.jpg"])     # NAME.txt (5 points) beside the photo, or a detector
+    result.coeffs, result.vertices, result.landmarks, result.overlays
+
+Modules, one per stage: `model` (FaceModel, BFM loaders, the synthetic model), `formation`
+(shape, albedo, pose, camera, SH light), `render` (pure-JAX rasterizer), `rnet` (Flax
+ResNet-50 and weight conversion), `align`, `losses`, `fit`, `reconstruct`, `evaluate`,
+`outputs`, `detect`, `train`.
+"""
 
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
-from jaxface.formation import Face, form_face
+from jaxface.fit import FitConfig, FitResult, average_identity, fit, fit_set
+from jaxface.formation import Face, form_face, form_faces
 from jaxface.model import FaceModel
+from jaxface.model.bfm import convert_bfm09, load_face_model, load_front_model
+from jaxface.model.synthetic import synthetic_face_model
+from jaxface.reconstruct import Reconstruction, ReconstructConfig, Reconstructor, reconstruct, save_outputs
+from jaxface.render import Fragments, RenderOutput, interpolate, rasterize, render, render_mesh
 
-__all__ = ["Camera", "Coeffs", "Face", "FaceModel", "form_face"]
+__all__ = [
+    "Camera",
+    "Coeffs",
+    "Face",
+    "FaceModel",
+    "FitConfig",
+    "FitResult",
+    "Fragments",
+    "ReconstructConfig",
+    "Reconstruction",
+    "Reconstructor",
+    "RenderOutput",
+    "average_identity",
+    "convert_bfm09",
+    "fit",
+    "fit_set",
+    "form_face",
+    "form_faces",
+    "interpolate",
+    "load_face_model",
+    "load_front_model",
+    "rasterize",
+    "reconstruct",
+    "render",
+    "render_mesh",
+    "save_outputs",
+    "synthetic_face_model",
+]
 __version__ = "0.1.0"

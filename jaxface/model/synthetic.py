@@ -8,9 +8,10 @@ with the same code path as the real model. Every file carries the marker variabl
 `jaxface_synthetic`, and the loaded `FaceModel` has `synthetic=True`.
 
 Geometry (SPEC "A synthetic model on the real topology"): a Tutte embedding of the
-front mesh with its boundary on an ellipse; a thin-plate-spline warp of that layout
-through the 68 template landmarks (x, y); depth from a quadratic fitted to the
-landmarks plus Gaussian bumps that pass exactly through their z (nose, brows, lips).
+front mesh with its boundary on an ellipse; a smoothed thin-plate-spline warp of that
+layout through the 68 template landmarks (x, y); depth from a quadratic fitted to the
+landmarks plus smooth Gaussian bumps near their z (nose, brows, lips). Albedo: skin tone
+with smooth variation, darker brows and eyes and redder lips along the landmark contours.
 Bases are smooth random Fourier fields at realistic scales.
 """
 
@@ -30,7 +31,7 @@ from jaxface.fileio import atomic_path
 from jaxface.model import bfm
 from jaxface.model.face_model import FaceModel
 
-VERSION = 2  # bump when the generator changes: the cache key includes it
+VERSION = 5  # bump when the generator changes: the cache key includes it
 _MM = 0.01  # one millimetre in model units (decimetres)
 
 
@@ -114,20 +115,20 @@ def _mean_geometry(tris: np.ndarray, keypoints: np.ndarray, lm3d: np.ndarray, n:
     # Exact interpolation folds the mesh where inner and outer lip landmarks crowd together;
     # a little smoothing leaves 2 of 70,789 triangles flipped with landmarks within ~3 mm.
     xy = _tps_fit(uv[keypoints], lm3d[:, :2], smoothing=0.03)(uv)
-    # Depth: a quadratic bowl through the landmarks' overall curvature, plus Gaussian bumps
-    # interpolating the residual exactly (nose, brows, lips), fading away from the landmarks.
+    # Depth: a quadratic bowl through the landmarks' overall curvature, plus wide Gaussian bumps
+    # fitted (ridge-regularized, so shading stays smooth) to the residual: nose, brows, lips.
     q = np.c_[np.ones(68), lm3d[:, :2], lm3d[:, :2] ** 2, lm3d[:, 0] * lm3d[:, 1]]
     cq, *_ = np.linalg.lstsq(q, lm3d[:, 2], rcond=None)
 
     def quad(p):
         return np.c_[np.ones(len(p)), p, p**2, p[:, 0] * p[:, 1]] @ cq
 
-    sigma = 0.12
+    sigma = 0.2
     def rbf(a, b):
         return np.exp(-np.sum((a[:, None] - b[None]) ** 2, -1) / (2 * sigma**2))
 
     resid = lm3d[:, 2] - quad(lm3d[:, :2])
-    w = np.linalg.solve(rbf(lm3d[:, :2], lm3d[:, :2]) + 1e-9 * np.eye(68), resid)
+    w = np.linalg.solve(rbf(lm3d[:, :2], lm3d[:, :2]) + 0.05 * np.eye(68), resid)
     z = quad(xy) + rbf(xy, lm3d[:, :2]) @ w
     return np.c_[xy, z]
 
@@ -157,9 +158,27 @@ def _unit_columns(a: np.ndarray) -> np.ndarray:
     return a / np.linalg.norm(a, axis=0, keepdims=True)
 
 
-def _landmark_window(pos, lm3d, ids, radius):
-    """Weight in [0, 1] that is 1 near the given one-based landmarks and fades with distance."""
-    d = np.min(np.linalg.norm(pos[:, None, :2] - lm3d[np.asarray(ids) - 1][None, :, :2], axis=-1), axis=1)
+def _contours(lm3d, groups) -> np.ndarray:
+    """Points f64[N, 2] densely along landmark polylines: groups of (first, last, closed), one-based."""
+    pts = []
+    for first, last, closed in groups:
+        ring = lm3d[first - 1 : last, :2]
+        ends = np.roll(ring, -1, axis=0) if closed else ring[1:]
+        for t in np.linspace(0, 1, 8, endpoint=False):
+            pts.append(ring[: len(ends)] * (1 - t) + ends * t)
+    pts.append(lm3d[[g[1] - 1 for g in groups], :2])
+    return np.concatenate(pts)
+
+
+BROWS = ((18, 22, False), (23, 27, False))
+EYES = ((37, 42, True), (43, 48, True))
+LIPS = ((49, 60, True), (61, 68, True))
+
+
+def _landmark_window(pos, lm3d, groups, radius):
+    """Weight in [0, 1]: 1 on the landmark contours of `groups`, fading with distance."""
+    pts = _contours(lm3d, groups)
+    d = np.min(np.linalg.norm(pos[:, None, :2] - pts[None], axis=-1), axis=1)
     return np.exp(-((d / radius) ** 2))
 
 
@@ -186,7 +205,7 @@ def generate_files(out_dir, seed: int = 0) -> Path:
     # eigenvalues so that one sigma of the first component moves vertices ~2 mm (RMS).
     n_id = 199
     id_fields = np.zeros((bfm.BFM09_VERTICES, 3, n_id), np.float32)
-    id_fields[shape_idx] = _smooth_fields(rng, pos, 3 * n_id, (0.8, 0.5, 0.3, 0.2)).reshape(nf, 3, n_id)
+    id_fields[shape_idx] = _smooth_fields(rng, pos, 3 * n_id, (1.0, 0.7, 0.5, 0.35)).reshape(nf, 3, n_id)
     shape_pc = _unit_columns(id_fields.reshape(-1, n_id))  # rows: (v, xyz)
     rms_mm = 2.0 * np.exp(-np.arange(n_id) / 15.0)
     shape_ev = rms_mm * _MM * 1e5 * np.sqrt(3 * nf)  # micrometres; x column norm 1 -> per-vertex RMS
@@ -194,9 +213,9 @@ def generate_files(out_dir, seed: int = 0) -> Path:
     # Albedo: skin tone with smooth variation, darker brows/eyes and redder lips.
     base = np.array([205.0, 150.0, 125.0])
     tex = np.tile(base, (nf, 1)) + 12.0 * _smooth_fields(rng, pos, 3, 0.4)
-    tex -= 90 * _landmark_window(pos, lm3d, range(18, 28), 0.05)[:, None] * np.array([1.0, 1.1, 1.1])
-    tex -= 70 * _landmark_window(pos, lm3d, range(37, 49), 0.035)[:, None]
-    tex += _landmark_window(pos, lm3d, range(49, 69), 0.05)[:, None] * np.array([-10.0, -55.0, -40.0])
+    tex -= 90 * _landmark_window(pos, lm3d, BROWS, 0.03)[:, None] * np.array([1.0, 1.1, 1.1])
+    tex -= 80 * _landmark_window(pos, lm3d, EYES, 0.025)[:, None]
+    tex += _landmark_window(pos, lm3d, LIPS, 0.03)[:, None] * np.array([-10.0, -55.0, -40.0])
     tex_mu = np.full((bfm.BFM09_VERTICES, 3), 128.0)
     tex_mu[shape_idx] = np.clip(tex, 0, 255)
     tex_fields = np.zeros((bfm.BFM09_VERTICES, 3, n_id), np.float32)
@@ -227,13 +246,13 @@ def generate_files(out_dir, seed: int = 0) -> Path:
     n_exp = 79
     exp_pos = np.zeros((bfm.EXP_VERTICES, 3))
     exp_pos[front] = pos
-    mouth = _landmark_window(pos, lm3d, list(range(49, 69)) + [8, 9, 10], 0.35)
-    eyes = _landmark_window(pos, lm3d, range(18, 49), 0.2)
+    mouth = _landmark_window(pos, lm3d, LIPS + ((8, 10, False),), 0.35)
+    eyes = _landmark_window(pos, lm3d, BROWS + EYES, 0.2)
     window = np.zeros(bfm.EXP_VERTICES)
     window[front] = np.maximum(mouth, 0.5 * eyes)
     std_exp = np.loadtxt(str(paths.index_file("std_exp.txt")))
     exp_fields = np.zeros((bfm.EXP_VERTICES, 3, n_exp), np.float32)
-    exp_fields[front] = _smooth_fields(rng, pos, 3 * n_exp, (0.4, 0.25, 0.15)).reshape(nf, 3, n_exp)
+    exp_fields[front] = _smooth_fields(rng, pos, 3 * n_exp, (0.5, 0.35, 0.25)).reshape(nf, 3, n_exp)
     exp_fields *= window[:, None, None].astype(np.float32)
     exp_pc = _unit_columns(exp_fields.reshape(-1, n_exp))
     exp_pc *= (1.0 * _MM * 1e5 * np.sqrt(3 * nf) / std_exp[0]) * np.exp(-np.arange(n_exp) / 20.0) * std_exp[0] / std_exp
