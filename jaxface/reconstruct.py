@@ -12,6 +12,7 @@ Batches are padded to a few bucket sizes so varying batch sizes reuse compiled p
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -160,6 +161,10 @@ class Reconstructor:
         where = Path(weights) if weights is not None else checkpoint.default_rnet_dir()
         if (where / checkpoint.META_NAME).is_file():
             self.rnet = checkpoint.load_rnet(where)
+            meta = json.loads((where / checkpoint.META_NAME).read_text())
+            if meta.get("synthetic") and not quiet:
+                print(f"jaxface: the R-Net weights in {where} were trained on SYNTHETIC renders: "
+                      f"{meta.get('warning', 'not a model of real faces')}", file=sys.stderr)
         elif weights is not None or config.method in ("rnet", "rnet+fit"):
             raise MissingFileError(checkpoint.missing_weights_message(where))
         self.method = config.method
