@@ -1,0 +1,156 @@
+"""Reconstruction accuracy of gradient refinement on the embedded synthetic model; prints ONE JSON line.
+
+Synthetic photos with known coefficients (random id/exp/tex at the prior's scale, yaw within
++-30 degrees, random SH light, smooth random backgrounds, ~1.5 px landmark noise) are fitted
+and the recovered canonical shape (id + exp, unposed) is compared with the true one by
+`jaxface.evaluate.mesh_error` (similarity + ICP alignment, 95 mm crop, point-to-surface, mm):
+
+  a. mean face                         (no fitting)
+  b. landmark-only fit                 (FitConfig(photo_steps=0))
+  c. landmark + photometric fit
+  d. image-set fit (`fit_set`) over V views of one identity
+  e. per-view fits with the identity averaged over the views (`average_identity`)
+
+(a)-(c) use N independent faces; (c), (d), (e) are also reported on the V views. Seconds per
+face are steady-state (second call, compile excluded; compile reported separately).
+
+    .venv/bin/python benchmarks/accuracy.py [--faces 5] [--views 5] [--photo-steps 100]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxface.coeffs import Coeffs
+from jaxface.evaluate import mesh_error, umeyama
+from jaxface.fit import FitConfig, average_identity, fit, fit_set
+from jaxface.formation import face_shape, rotation_matrix
+from jaxface.model.synthetic import synthetic_face_model
+from jaxface.synth_data import SceneConfig, make_scene
+
+
+def shape_errors(model, coeffs: Coeffs, true_shapes):
+    """Mean point-to-surface error (mm) of each recovered canonical shape."""
+    kp, tris = np.asarray(model.keypoints), np.asarray(model.tris)
+    out = []
+    for i in range(coeffs.batch_shape[0]):
+        pred = np.asarray(face_shape(model, coeffs.id[i], coeffs.exp[i]))
+        gt = np.asarray(true_shapes[i])
+        out.append(mesh_error(pred, tris, gt, pred[kp], gt[kp], gt[kp[30]]).mean)
+    return np.array(out)
+
+
+def orientation_errors(model, fitted: Coeffs, truth: Coeffs):
+    """Head orientation error (degrees) after removing the rigid rotation the (not
+    Procrustes-aligned) synthetic bases carry: angle(R_true Q R_fit^T), Q from Procrustes."""
+    out = []
+    for i in range(fitted.batch_shape[0]):
+        f = np.asarray(face_shape(model, fitted.id[i], fitted.exp[i]))
+        t = np.asarray(face_shape(model, truth.id[i], truth.exp[i]))
+        rel = np.asarray(rotation_matrix(truth.angle[i])) @ umeyama(f, t).rot @ np.asarray(rotation_matrix(fitted.angle[i])).T
+        out.append(np.rad2deg(np.arccos(np.clip((np.trace(rel) - 1) / 2, -1, 1))))
+    return np.array(out)
+
+
+def _neutral_first(coeffs: Coeffs) -> Coeffs:
+    """The first face's identity with its expression removed, as a batch of one."""
+    return Coeffs(*(x[:1] for x in coeffs))._replace(exp=jnp.zeros((1, 64)))
+
+
+def timed(fn, *args, **kwargs):
+    """(result, compile+first-call seconds, steady-state seconds)."""
+    t0 = time.perf_counter()
+    jax.block_until_ready(fn(*args, **kwargs))
+    first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = jax.block_until_ready(fn(*args, **kwargs))
+    return out, first, time.perf_counter() - t0
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--faces", type=int, default=5, help="independent faces for (a)-(c)")
+    parser.add_argument("--views", type=int, default=5, help="views of one identity for (d), (e)")
+    parser.add_argument("--landmark-steps", type=int, default=100)
+    parser.add_argument("--photo-steps", type=int, default=100)
+    parser.add_argument("--raster-every", type=int, default=10)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+
+    model = synthetic_face_model()
+    key_faces, key_views = jax.random.split(jax.random.key(args.seed))
+    scene_cfg = SceneConfig()
+    faces = make_scene(model, key_faces, args.faces, scene_cfg)
+    views = make_scene(model, key_views, args.views, scene_cfg, shared_identity=True)
+
+    lm_cfg = FitConfig(landmark_steps=args.landmark_steps, photo_steps=0)
+    cfg = FitConfig(landmark_steps=args.landmark_steps, photo_steps=args.photo_steps, raster_every=args.raster_every)
+
+    lm_fit, lm_first, lm_sec = timed(fit, model, faces.images, faces.landmarks, config=lm_cfg)
+    ph_fit, ph_first, ph_sec = timed(fit, model, faces.images, faces.landmarks, config=cfg)
+    single = fit(model, views.images, views.landmarks, config=cfg)
+    averaged = average_identity(single.coeffs, single.status)
+    joint, set_first, set_sec = timed(fit_set, model, views.images, views.landmarks, config=cfg)
+
+    zeros = Coeffs.zeros((args.faces,))
+    err = {
+        "a_mean_face": shape_errors(model, zeros, faces.shapes),
+        "b_landmark_fit": shape_errors(model, lm_fit.coeffs, faces.shapes),
+        "c_photometric_fit": shape_errors(model, ph_fit.coeffs, faces.shapes),
+        "views_c_single_fit": shape_errors(model, single.coeffs, views.shapes),
+        "views_d_set_fit": shape_errors(model, joint.coeffs, views.shapes),
+        "views_e_average_identity": shape_errors(model, averaged, views.shapes),
+    }
+    mean = {k: round(float(np.mean(v)), 3) for k, v in err.items()}
+    # The set fit shares id across views; compare the neutral identity alone as well.
+    neutral_true = face_shape(model, views.coeffs.id[0], jnp.zeros(64))[None]
+    neutral = {
+        name: round(float(shape_errors(model, _neutral_first(c), neutral_true)[0]), 3)
+        for name, c in (("d_set_fit", joint.coeffs), ("e_average_identity", averaged))
+    }
+    per_face_photo = ph_sec / args.faces
+    per_100 = (ph_sec - lm_sec) / args.faces * 100 / max(args.photo_steps, 1)
+    result = {
+        "benchmark": "accuracy",
+        "model": model.label,
+        "faces": args.faces,
+        "views": args.views,
+        "landmark_steps": args.landmark_steps,
+        "photo_steps": args.photo_steps,
+        "raster_every": args.raster_every,
+        "landmark_noise_px": scene_cfg.landmark_noise_px,
+        "mean_error_mm": mean,
+        "neutral_identity_error_mm": neutral,
+        "orientation_error_deg": {
+            "b_landmark_fit": round(float(np.mean(orientation_errors(model, lm_fit.coeffs, faces.coeffs))), 2),
+            "c_photometric_fit": round(float(np.mean(orientation_errors(model, ph_fit.coeffs, faces.coeffs))), 2),
+        },
+        "status_nonzero": int(np.sum(np.asarray(ph_fit.status) != 0) + np.sum(np.asarray(joint.status) != 0)),
+        "sec_per_face": {
+            "landmark_fit": round(lm_sec / args.faces, 3),
+            "photometric_fit": round(per_face_photo, 3),
+            "photometric_per_100_steps": round(per_100, 3),
+            "set_fit_per_view": round(set_sec / args.views, 3),
+            "batch": args.faces,
+        },
+        "compile_s": {"landmark": round(lm_first - lm_sec, 1), "photometric": round(ph_first - ph_sec, 1), "set": round(set_first - set_sec, 1)},
+        "targets": {
+            "c_at_least_30pct_below_b": bool(mean["c_photometric_fit"] <= 0.7 * mean["b_landmark_fit"]),
+            "d_below_c_and_e": bool(
+                mean["views_d_set_fit"] < mean["views_c_single_fit"] and mean["views_d_set_fit"] < mean["views_e_average_identity"]
+            ),
+            "100_photo_steps_under_1s_per_face": bool(per_100 < 1.0),
+        },
+        "devices": [str(d) for d in jax.devices()],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
