@@ -155,24 +155,29 @@ class Reconstructor:
         self.config = config
         self.detector = detector
         self.camera = Camera()
-        self.rnet = None  # (variables, RNetConfig, metadata) when trained weights are present
+        self.rnet = None  # (variables, RNetConfig) when trained weights are present
         from jaxface.rnet import checkpoint
 
         where = Path(weights) if weights is not None else checkpoint.default_rnet_dir()
+        mismatch = None
         if (where / checkpoint.META_NAME).is_file():
             self.rnet = checkpoint.load_rnet(where)
-            meta = json.loads((where / checkpoint.META_NAME).read_text())
-            if meta.get("synthetic") and not quiet:
-                print(f"jaxface: the R-Net weights in {where} were trained on SYNTHETIC renders: "
-                      f"{meta.get('warning', 'not a model of real faces')}", file=sys.stderr)
+            synthetic_weights = bool(json.loads((where / checkpoint.META_NAME).read_text()).get("synthetic"))
+            if synthetic_weights != self.model.synthetic:
+                # Coefficients only mean something for the model the network was trained with.
+                mismatch = (f"the R-Net weights in {where} were trained for "
+                            f"{'the SYNTHETIC model' if synthetic_weights else 'the Basel Face Model'}, "
+                            f"not for {self.model.label}")
         elif weights is not None or config.method in ("rnet", "rnet+fit"):
             raise MissingFileError(checkpoint.missing_weights_message(where))
         self.method = config.method
         if self.method == "auto":
-            self.method = "rnet" if self.rnet is not None else "fit"
-            if self.rnet is None and not quiet:
-                print(f"jaxface: no trained R-Net weights in {where}; using gradient fitting (method 'fit').",
-                      file=sys.stderr)
+            self.method = "rnet" if self.rnet is not None and mismatch is None else "fit"
+            if self.method == "fit" and not quiet:
+                why = mismatch or f"no trained R-Net weights in {where}"
+                print(f"jaxface: {why}; using gradient fitting (method 'fit').", file=sys.stderr)
+        elif mismatch is not None and not quiet:
+            print(f"jaxface: warning: {mismatch}", file=sys.stderr)
 
     # ---------------------------------------------------------------- inputs
 

@@ -130,3 +130,13 @@ def test_demo_writes_outputs_and_recovers_faces(tmp_path):
     assert on_disk["per_image"][0]["name"] == "synthetic_00"
     for name in ("synthetic_00.mat", "synthetic_01.obj", "synthetic_00_overlay.png", "inputs/synthetic_00.txt"):
         assert (tmp_path / name).is_file(), name
+
+
+def test_auto_never_uses_weights_made_for_another_model(synthetic_model, tmp_path, capsys):
+    from jaxface.rnet import RNetConfig, init_rnet, save_rnet
+
+    # Weights without the "synthetic" mark are taken as trained for the Basel model.
+    save_rnet(init_rnet(jax.random.key(0), RNetConfig()), RNetConfig(), tmp_path)
+    recon = Reconstructor(model=synthetic_model, weights=tmp_path, config=ReconstructConfig(method="auto"))
+    assert recon.method == "fit" and recon.rnet is not None
+    assert "trained for the Basel Face Model" in capsys.readouterr().err

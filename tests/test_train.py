@@ -224,7 +224,9 @@ SHARDED_CHECK = textwrap.dedent("""
     state, m2 = train_step(state, batch, model, spec)
     stats2, params2 = compare(state.batch_stats, "bs2_", 1e-4), compare(state.params, "p2_")
     print("step-1 variables", step1, "step-2 batch stats", stats2, "step-2 params", params2)
-    np.testing.assert_allclose([float(m1["loss"]), float(m2["loss"])], ref["losses"], rtol=1e-5)
+    np.testing.assert_allclose(float(m1["loss"]), ref["losses"][0], rtol=1e-5)
+    # Step 2 sees step-1 params in which Adam's lr * g / |g| flipped a few tiny gradients: 1e-4.
+    np.testing.assert_allclose(float(m2["loss"]), ref["losses"][1], rtol=1e-4)
     assert stats2[1] == 0, stats2
     assert step1[0] <= 2.1 * spec.learning_rate and step1[1] <= 1e-5 * step1[2], step1
 """)
@@ -232,7 +234,8 @@ SHARDED_CHECK = textwrap.dedent("""
 
 @pytest.mark.slow
 def test_sharded_step_matches_unsharded(tmp_path, model, mesh1, scene):
-    """2 fake CPU devices vs 1, two steps. Losses agree to 1e-5 (relative); variables after
+    """2 fake CPU devices vs 1, two steps. Losses agree to 1e-5 (step 1) and 1e-4 (step 2,
+    measured 1.1e-5) relative; variables after
     step 1 to 1e-5 except at most 1e-5 of the elements (measured 2 of 24M); BatchNorm running
     statistics after step 2 to 1e-4 (measured max 5.7e-5: flax's E[x^2] - E[x]^2 variance
     amplifies the per-device convolutions' rounding). Parameters after step 2 are only

@@ -1,0 +1,100 @@
+"""End-to-end reconstruction speed, method "rnet": photos -> alignment -> R-Net -> face
+formation -> rendering -> results in photo pixels.
+
+Prints one JSON line: images/second at batch 1 and 16 with a per-stage breakdown, compile
+time separate. Target on 2 CPU cores: at least 8 images/s at batch 16.
+
+No trained weights ship with jaxface, so this times randomly initialised R-Net weights
+(speed does not depend on the values); the output is timing only, not a reconstruction.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from common import emit
+from jaxface import align
+from jaxface.coeffs import Coeffs
+from jaxface.formation import form_faces
+from jaxface.model.synthetic import synthetic_face_model
+from jaxface.reconstruct import ReconstructConfig, Reconstructor, _render_batch
+from jaxface.rnet import RNetConfig, init_rnet, predict, save_rnet
+
+IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
+
+
+def photos(n: int):
+    paths = sorted(IMAGES.glob("*.jpg"))
+    imgs = [align.load_image(p) for p in paths]
+    lms = [align.read_landmarks(p.with_suffix(".txt")) for p in paths]
+    return [imgs[i % len(imgs)] for i in range(n)], [lms[i % len(lms)] for i in range(n)]
+
+
+def stage_times(recon: Reconstructor, images, lms, repeats: int) -> dict:
+    """Median seconds of each stage for one batch, run in sequence as the Reconstructor does."""
+    out = {k: [] for k in ("align", "rnet", "formation", "render", "to_photo")}
+    variables, cfg = recon.rnet
+    for _ in range(repeats):
+        t = time.perf_counter()
+        aligned = [align.align_image(im, lm) for im, lm in zip(images, lms)]
+        crops = np.stack([a.image for a in aligned])
+        out["align"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        coeffs = Coeffs.from_vector(predict(variables, jnp.asarray(crops), cfg).block_until_ready())
+        out["rnet"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        jax.block_until_ready(form_faces(recon.model, coeffs, recon.camera))
+        out["formation"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        rendered, mask = jax.block_until_ready(_render_batch(recon.model, coeffs))
+        out["render"].append(time.perf_counter() - t)
+        t = time.perf_counter()
+        for k, a in enumerate(aligned):
+            align.warp_to_image(np.asarray(rendered[k]), np.asarray(mask[k]), a.trans_params)
+        out["to_photo"].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeats", type=int, default=5)
+    args = p.parse_args()
+    model = synthetic_face_model()
+    result = {"method": "rnet", "weights": "random init (timing only)", "model": model.label}
+    with tempfile.TemporaryDirectory() as tmp:
+        save_rnet(init_rnet(jax.random.key(0), RNetConfig()), RNetConfig(), tmp)
+        for batch in (1, 16):
+            recon = Reconstructor(model=model, weights=tmp, quiet=True,
+                                  config=ReconstructConfig(method="rnet", buckets=(batch,)))
+            images, lms = photos(batch)
+            t = time.perf_counter()
+            first = recon(images, lms)
+            compile_s = time.perf_counter() - t
+            assert all(s == "ok" for s in first.status), first.status
+            times = []
+            for _ in range(args.repeats):
+                t = time.perf_counter()
+                recon(images, lms)
+                times.append(time.perf_counter() - t)
+            total = statistics.median(times)
+            stages = stage_times(recon, images, lms, args.repeats)
+            result[f"batch{batch}"] = {
+                "first_call_s": round(compile_s, 2),
+                "images_per_s": round(batch / total, 2),
+                "ms_per_image": round(1e3 * total / batch, 1),
+                "stage_ms_per_image": {k: round(1e3 * v / batch, 1) for k, v in stages.items()},
+            }
+    result["target"] = "batch16 images_per_s >= 8"
+    emit("reconstruct", result)
+
+
+if __name__ == "__main__":
+    main()
