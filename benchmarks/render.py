@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from render_fixtures import face_model  # noqa: E402  (test mesh on the real BFM09 topology)
 
-from jaxface import Camera, Coeffs, form_face  # noqa: E402
+from jaxface import Coeffs, form_face  # noqa: E402
 from jaxface.formation import screen_coords  # noqa: E402
 from jaxface.render import render_mesh  # noqa: E402
 from jaxface.render.rasterize import MIN_AREA2, NEAR  # noqa: E402

@@ -74,7 +74,6 @@ def main():
     }
     rng = np.random.default_rng(0)
     out = {"vertices": model.num_vertices, "triangles": model.num_triangles, "model": model.label}
-    cam = Camera()
     for batch in (1, 64):
         vec = (rng.normal(size=(batch, 257)) * 0.1).astype(np.float32)
         coeffs = jax.tree.map(jax.numpy.asarray, Coeffs.from_vector(vec))

@@ -434,8 +434,6 @@ def save_overlay(
     image: u8[H, W, 3] RGB   rendering: f32[H, W, 3] 0-1   mask: f32[H, W] 0-1
     landmarks: f32[N, 2] | None   pixel coordinates, x right, y down
     """
-    import cv2
-
     out = blend_overlay(image, rendering, mask, alpha)
     if landmarks is not None:
         out = draw_landmarks(out, landmarks)

@@ -14,11 +14,9 @@ import functools
 import jax.numpy as jnp
 import numpy as np
 import scipy.io as sio
-import scipy.sparse as sp
-import scipy.sparse.csgraph as csgraph
-import scipy.sparse.linalg as spla
 
 from jaxface.model.face_model import FaceModel
+from jaxface.model.synthetic import tutte_layout
 from jaxface.paths import index_file
 from jaxface.render.rasterize import MIN_AREA2, NEAR
 
@@ -34,38 +32,10 @@ def face_topology():
 
 
 @functools.lru_cache(maxsize=1)
-def _tutte_disk():
-    """f64[V, 2] positions in the unit disk; triangles counter-clockwise (x right, y up)."""
-    tris = face_topology()[0].astype(np.int64)
-    nv = int(tris.max()) + 1
-    edges = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
-    undirected, inverse, counts = np.unique(np.sort(edges, 1), axis=0, return_inverse=True, return_counts=True)
-    boundary = edges[(counts == 1)[inverse.ravel()]]  # directed as in their triangle
-    graph = sp.coo_matrix((np.ones(len(boundary)), (boundary[:, 0], boundary[:, 1])), shape=(nv, nv))
-    _, label = csgraph.connected_components(graph, connection="weak")
-    outer = boundary[label[boundary[:, 0]] == np.bincount(label[boundary[:, 0]]).argmax()]
-    succ = dict(zip(outer[:, 0].tolist(), outer[:, 1].tolist()))
-    loop = [int(outer[0, 0])]
-    while succ[loop[-1]] != loop[0]:
-        loop.append(succ[loop[-1]])
-    theta = 2 * np.pi * np.arange(len(loop)) / len(loop)
-    pos = np.zeros((nv, 2))
-    pos[loop] = np.stack([np.cos(theta), np.sin(theta)], 1)
-    adj = sp.coo_matrix(
-        (np.ones(2 * len(undirected)), (np.r_[undirected[:, 0], undirected[:, 1]], np.r_[undirected[:, 1], undirected[:, 0]])),
-        shape=(nv, nv),
-    ).tocsr()
-    lap = (sp.diags(np.asarray(adj.sum(1)).ravel()) - adj).tocsr()
-    inner = np.setdiff1d(np.arange(nv), loop)
-    pos[inner] = spla.spsolve(lap[inner][:, inner].tocsc(), -(lap[inner][:, loop] @ pos[loop]))
-    return pos
-
-
-@functools.lru_cache(maxsize=1)
 def face_model() -> FaceModel:
     """Face-sized front-facing mesh on the real topology (about 150 x 190 px at 224x224)."""
     tris, point_buf, keypoints, skin = face_topology()
-    disk = _tutte_disk()
+    disk = tutte_layout(tris.astype(np.int64), len(point_buf), aspect=1.0)  # unit disk
     r = np.linalg.norm(disk, axis=1, keepdims=True)
     disk = disk * (0.35 + 0.65 * r**2)  # larger triangles towards the rim, as on real faces
     r2 = (disk**2).sum(1)

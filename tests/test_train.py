@@ -60,7 +60,7 @@ def _leaves_close(a, b, atol=0.0):
 def test_photo_pipeline_aligns_and_is_deterministic():
     plain = PhotoDataset(IMAGES, batch_size=4, seed=3, augment=AugmentConfig.none())
     assert len(plain) == 8 and plain.num_points == 5
-    b0, b1 = plain.batch(0), plain.batch(1)
+    b0 = plain.batch(0)
     assert b0.images.shape == (4, 224, 224, 3) and b0.images.dtype == np.uint8
     assert b0.landmarks.shape == (4, 5, 2) and b0.coeffs is None
     assert sorted(np.r_[plain.indices(0), plain.indices(1)].tolist()) == list(range(8))  # one epoch covers all

@@ -56,8 +56,10 @@ def _boundary_loop(tris: np.ndarray) -> np.ndarray:
     return np.asarray(max(loops, key=len))
 
 
-def _tutte_layout(tris: np.ndarray, n: int) -> np.ndarray:
-    """2D positions f64[n, 2]: boundary on an ellipse by arc length, interior = mean of neighbours."""
+def tutte_layout(tris: np.ndarray, n: int, aspect: float = 1.3) -> np.ndarray:
+    """Tutte embedding f64[n, 2] of a disk-like mesh: its longest boundary loop on an ellipse
+    (x radius 1, y radius `aspect`) by arc length, interior = mean of neighbours. Walking the
+    loop along the triangles' own edge directions keeps every triangle's orientation."""
     loop = _boundary_loop(tris)
     i = np.concatenate([tris[:, 0], tris[:, 1], tris[:, 2], tris[:, 1], tris[:, 2], tris[:, 0]])
     j = np.concatenate([tris[:, 1], tris[:, 2], tris[:, 0], tris[:, 0], tris[:, 1], tris[:, 2]])
@@ -67,7 +69,7 @@ def _tutte_layout(tris: np.ndarray, n: int) -> np.ndarray:
     # Boundary angles from the loop's own (topological) arc length.
     theta = 2 * np.pi * np.arange(len(loop)) / len(loop)
     fixed = np.zeros((n, 2))
-    fixed[loop] = np.stack([np.cos(theta), 1.3 * np.sin(theta)], axis=1)
+    fixed[loop] = np.stack([np.cos(theta), aspect * np.sin(theta)], axis=1)
     is_b = np.zeros(n, bool)
     is_b[loop] = True
     inner = np.flatnonzero(~is_b)
@@ -106,7 +108,7 @@ def _tps_fit(src: np.ndarray, dst: np.ndarray, smoothing: float = 0.0):
 
 def _mean_geometry(tris: np.ndarray, keypoints: np.ndarray, lm3d: np.ndarray, n: int) -> np.ndarray:
     """Face-like positions f64[n, 3] passing through the template landmarks at the keypoints."""
-    uv = _tutte_layout(tris, n)
+    uv = tutte_layout(tris, n)
     # The Tutte layout may come out mirrored relative to the landmark layout; fix by the sign
     # of the least-squares affine map between them (a mirrored TPS would fold everywhere).
     a, *_ = np.linalg.lstsq(np.c_[uv[keypoints], np.ones(68)], lm3d[:, :2], rcond=None)
