@@ -236,6 +236,17 @@ _MAT_SHAPES = {
 }
 
 
+def _readable_file(path, what: str, max_bytes: int, typical: str) -> Path:
+    """`path` as a Path after checking it exists and is not absurdly large (checked before reading)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found")
+    size = path.stat().st_size
+    if size > max_bytes:
+        raise ValueError(f"{path} is {size >> 20} MB; {typical}, refusing files over {max_bytes >> 20} MB")
+    return path
+
+
 def load_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a result `.mat` in either reference layout (or both, as `save_mat` writes).
 
@@ -247,12 +258,7 @@ def load_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     from scipy.io import loadmat, whosmat
     from scipy.io.matlab import MatReadError
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"result file {path} not found")
-    size = path.stat().st_size
-    if size > MAX_MAT_BYTES:
-        raise ValueError(f"{path} is {size >> 20} MB; a result .mat is a few MB, refusing over {MAX_MAT_BYTES >> 20} MB")
+    path = _readable_file(path, "result file", MAX_MAT_BYTES, "a result .mat is a few MB")
     try:
         # Headers first (cheap, even for compressed variables): refuse huge arrays before
         # allocating them, and read only the keys we know. MAT v5 holds plain arrays; nothing is unpickled.
@@ -346,12 +352,7 @@ def load_obj(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, np
     records (vn, vt, comments, groups). Colours are returned as written (None if no vertex
     has them). Polygons with more than three corners and relative (negative) indices are refused.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"mesh {path} not found")
-    size = path.stat().st_size
-    if size > MAX_OBJ_BYTES:
-        raise ValueError(f"{path} is {size >> 20} MB; refusing .obj files over {MAX_OBJ_BYTES >> 20} MB")
+    path = _readable_file(path, "mesh", MAX_OBJ_BYTES, "a face mesh .obj is a few MB")
     lines = path.read_bytes().splitlines()
     vals = _records(path, b"v", [ln[2:] for ln in lines if ln[:2] in (b"v ", b"v\t")], (3, 6), np.float64)
     faces = re.sub(rb"/\S*", b"", b"\n".join(ln[2:] for ln in lines if ln[:2] in (b"f ", b"f\t")))  # drop /vt/vn
