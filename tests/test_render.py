@@ -179,3 +179,18 @@ def test_bad_inputs_raise_clear_errors():
         render_mesh(verts, colors[:, :2], tris, H, W)
     with pytest.raises(ValueError, match="attributes has 8 rows"):
         interpolate(colors[:8], rasterize(verts, tris, H, W), tris, verts)
+
+
+def test_weighted_sum_backward_matches_autodiff():
+    from jaxface.render.interpolate import weighted_sum
+
+    rng = np.random.default_rng(7)
+    bary = jnp.asarray(rng.uniform(size=(3, 5, 4)), jnp.float32)
+    values = jnp.asarray(rng.normal(size=(6, 3, 5, 4)), jnp.float32)
+    g = jnp.asarray(rng.normal(size=(6, 5, 4)), jnp.float32)
+    plain = lambda b, v: jnp.einsum("khw,ckhw->chw", b, v)  # noqa: E731
+    out, vjp = jax.vjp(weighted_sum, bary, values)
+    ref_out, ref_vjp = jax.vjp(plain, bary, values)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-6, atol=1e-6)
+    for got, want in zip(vjp(g), ref_vjp(g)):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
