@@ -11,11 +11,11 @@ Conventions (both references, SPEC "Image alignment"):
   coordinates (v pointing up, the camera's convention; row = 223 - v). The TF reference
   returns 223 - v instead; both fit the same crop.
 
-Resampling: PIL is not a dependency, so `_pil_bicubic_region` re-implements Pillow's
+Resampling: PIL is not a dependency, so `resize_crop` re-implements Pillow's
 `Image.resize(..., BICUBIC)` for 8-bit images (antialiasing support scaled by the
 downscale factor, a = -0.5, 22-bit fixed-point coefficients, horizontal then vertical pass
-with an 8-bit intermediate); it reproduces Pillow bit for bit and only computes the 224x224
-window that the crop keeps. cv2.INTER_CUBIC would differ (no antialiasing when shrinking).
+with an 8-bit intermediate, each pass a sparse band product exact in float64); it
+reproduces Pillow bit for bit and only computes the 224x224 window that the crop keeps. cv2.INTER_CUBIC would differ (no antialiasing when shrinking).
 Pillow >= 13 runs the vertical pass first when the height shrinks much more than the width;
 alignment scales both axes alike, where all Pillow versions agree with this code.
 The landmark math follows the reference operation for operation (float32 flip, float64 fit).

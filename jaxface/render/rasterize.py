@@ -98,8 +98,8 @@ def pixel_barycentrics(verts, tris, tri_id):
     """(bary f32[3, H, W] corner first, depth f32[H, W]) at pixel centres for given ids.
 
     Differentiable w.r.t. `verts` f32[V, 3] for the fixed `tri_id` i32[H, W]. The inverse
-    depth is taken per vertex before the per-pixel gather, so the per-pixel arithmetic (and
-    its backward pass) has one division instead of a dozen.
+    depth is taken per vertex before the per-pixel gather, so the per-pixel arithmetic has
+    one division instead of eight (and its backward pass correspondingly fewer).
     """
     height, width = tri_id.shape
     rows, cols = jnp.mgrid[:height, :width].astype(verts.dtype)
