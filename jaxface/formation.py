@@ -11,6 +11,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_batching import custom_vmap
 
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
@@ -68,17 +69,82 @@ def vertex_normals(shape, tris, point_buf):
     """Unit vertex normals f32[V, 3] from triangle normals gathered through point_buf.
 
     Face normal = normalize(cross(v1 - v2, v2 - v3)); the padding id (= T) points at a
-    zero normal, as in both references.
+    zero normal, as in both references. Under vmap (a batch of shapes on one mesh) the
+    batch runs vertex-major, f32[V, 3, B]: XLA:CPU's gathers and their scatter-add
+    transposes move B-wide rows there instead of 3-wide ones (forward and backward ~1.4x
+    faster than plain vmap at batch 16).
     """
+    return _normals(shape, tris, point_buf)
+
+
+def _normals_formula(shape, tris, point_buf):
+    """The normals of shape f32[V, 3, *B] (any trailing batch axes) on one mesh."""
     v1, v2, v3 = shape[tris[:, 0]], shape[tris[:, 1]], shape[tris[:, 2]]
-    fn = _normalize(jnp.cross(v1 - v2, v2 - v3))
-    fn = jnp.concatenate([fn, jnp.zeros((1, 3), fn.dtype)], axis=0)
-    return _normalize(fn[point_buf].sum(axis=1))
+    a, b = v1 - v2, v2 - v3
+    cross = jnp.stack([a[:, 1] * b[:, 2] - a[:, 2] * b[:, 1], a[:, 2] * b[:, 0] - a[:, 0] * b[:, 2],
+                       a[:, 0] * b[:, 1] - a[:, 1] * b[:, 0]], axis=1)
+    fn = _normalize(cross, axis=1)
+    fn = jnp.concatenate([fn, jnp.zeros((1, *fn.shape[1:]), fn.dtype)], axis=0)
+    return _normalize(fn[point_buf].sum(axis=1), axis=1)
 
 
-def _normalize(x, eps=1e-12):
+def _vertex_major(fn, in_batched, shape, tris, point_buf, *more):
+    """Run fn(shape [V, 3, B], tris, point_buf, *more [V, 3, B]) for batched [B, V, 3] inputs."""
+    if in_batched[1] or in_batched[2]:  # one mesh per example: nothing to share, plain vmap
+        axes = tuple(0 if b else None for b in in_batched)
+        return jax.vmap(fn, in_axes=axes)(shape, tris, point_buf, *more)
+    size = next(x.shape[0] for x, b in zip((shape, tris, point_buf, *more), in_batched) if b)
+    major = [jnp.moveaxis(x if b else jnp.broadcast_to(x, (size, *x.shape)), 0, -1)
+             for x, b in zip((shape, *more), (in_batched[0], *in_batched[3:]))]
+    return jnp.moveaxis(fn(major[0], tris, point_buf, *major[1:]), -1, 0)
+
+
+@custom_vmap
+def _normals_value(shape, tris, point_buf):
+    return _normals_formula(shape, tris, point_buf)
+
+
+@_normals_value.def_vmap
+def _(axis_size, in_batched, shape, tris, point_buf):
+    return _vertex_major(_normals_formula, in_batched, shape, tris, point_buf), True
+
+
+def _normals_vjp_formula(shape, tris, point_buf, g):
+    return jax.vjp(lambda s: _normals_formula(s, tris, point_buf), shape)[1](g)[0]
+
+
+@custom_vmap
+def _normals_vjp(shape, tris, point_buf, g):
+    return _normals_vjp_formula(shape, tris, point_buf, g)
+
+
+@_normals_vjp.def_vmap
+def _(axis_size, in_batched, shape, tris, point_buf, g):
+    return _vertex_major(_normals_vjp_formula, in_batched, shape, tris, point_buf, g), True
+
+
+# custom_vmap alone cannot be differentiated outside vmap; the custom VJP routes both the
+# value and its cotangent through the vertex-major rules above.
+@jax.custom_vjp
+def _normals(shape, tris, point_buf):
+    return _normals_value(shape, tris, point_buf)
+
+
+def _normals_fwd(shape, tris, point_buf):
+    return _normals_value(shape, tris, point_buf), (shape, tris, point_buf)
+
+
+def _normals_bwd(res, g):
+    shape, tris, point_buf = res
+    return _normals_vjp(shape, tris, point_buf, g), None, None
+
+
+_normals.defvjp(_normals_fwd, _normals_bwd)
+
+
+def _normalize(x, eps=1e-12, axis=-1):
     # Matches torch.nn.functional.normalize: x / max(|x|, eps); safe gradient at 0.
-    sq = jnp.sum(x * x, axis=-1, keepdims=True)
+    sq = jnp.sum(x * x, axis=axis, keepdims=True)
     return x * jnp.where(sq > eps * eps, 1.0 / jnp.sqrt(jnp.where(sq > eps * eps, sq, 1.0)), 1.0 / eps)
 
 
