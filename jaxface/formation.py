@@ -61,8 +61,13 @@ def project(points, camera: Camera = Camera()):
 
     depth = distance - z is the distance in front of the camera (positive when visible).
     """
-    depth = camera.distance - points[:, 2]
-    uv = camera.focal * points[:, :2] / depth[:, None] + camera.center
+    return _project(points, camera.focal, camera.center, camera.distance)
+
+
+def _project(points, focal, center, distance):
+    # Works with a trailing batch axis on every argument (see `vertex_major`).
+    depth = distance - points[:, 2]
+    uv = focal * points[:, :2] / depth[:, None] + center
     return uv, depth
 
 
@@ -84,15 +89,17 @@ def vertex_major(fn):
 
     def rule(of):
         def batched(axis_size, in_batched, *args):
-            if any(b and not is_float(x) for x, b in zip(args, in_batched)):  # one mesh per example
-                axes = tuple(0 if b else None for b in in_batched)
+            leaves, tree = jax.tree.flatten(args)  # a cotangent argument may be a tuple
+            flags = jax.tree.leaves(in_batched)
+            if any(b and not is_float(x) for x, b in zip(leaves, flags)):  # one mesh per example
+                axes = tuple(jax.tree.map(lambda b: 0 if b else None, f) for f in in_batched)
                 out = jax.vmap(of, in_axes=axes, axis_size=axis_size)(*args)
             else:
                 moved = [
                     jnp.moveaxis(x if b else jnp.broadcast_to(x, (axis_size, *jnp.shape(x))), 0, -1) if is_float(x) else x
-                    for x, b in zip(args, in_batched)
+                    for x, b in zip(leaves, flags)
                 ]
-                out = jax.tree.map(lambda y: jnp.moveaxis(y, -1, 0), of(*moved))
+                out = jax.tree.map(lambda y: jnp.moveaxis(y, -1, 0), of(*jax.tree.unflatten(tree, moved)))
             return out, jax.tree.map(lambda _: True, out)
 
         wrapped = custom_vmap(of)
@@ -213,11 +220,18 @@ def form_face(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera()) -> Fa
     shape = face_shape(model, coeffs.id, coeffs.exp)
     albedo = face_albedo(model, coeffs.tex)
     rot = rotation_matrix(coeffs.angle)
-    vertices = rigid_transform(shape, rot, coeffs.trans)
-    normals = _apply_3x3(vertex_normals(shape, model.tris, model.point_buf), rot)
+    normals = vertex_normals(shape, model.tris, model.point_buf)
+    vertices, normals, uv, depth = _pose(shape, normals, rot, coeffs.trans, camera.focal, camera.center, camera.distance)
     colors = shade(albedo, normals, coeffs.gamma)
-    uv, depth = project(vertices, camera)
     return Face(shape, vertices, normals, albedo, colors, uv, depth, uv[model.keypoints])
+
+
+@vertex_major
+def _pose(shape, normals, rot, trans, focal, center, distance):
+    """(posed vertices, rotated normals, uv, depth) of one face; vertex-major under vmap."""
+    vertices = rigid_transform(shape, rot, trans)
+    uv, depth = _project(vertices, focal, center, distance)
+    return vertices, _apply_3x3(normals, rot), uv, depth
 
 
 def screen_coords(uv, depth, camera: Camera = Camera()):
