@@ -78,10 +78,10 @@ def vertex_major(fn):
     arguments are the mesh (shared by the batch). fn must accept a trailing batch axis on
     every float argument. Under vmap the float arguments become [..., B] and the mesh
     stays shared: XLA:CPU then gathers, scatters and broadcasts B-wide rows instead of
-    3-wide ones (vertex normals forward and backward ~1.4-2x faster at batch 16). Outside
-    vmap, or with a batched mesh, fn runs as is. Differentiable (reverse mode) w.r.t. the
-    float arguments: custom_vmap alone is not, so a custom VJP routes the value and its
-    cotangent through vertex-major rules of their own.
+    3-wide ones (`form_face` forward+backward 34.6 -> 20.5 ms/face at batch 16, forward
+    7.2 -> 5.1). Outside vmap, or with a batched mesh, fn runs as is. Differentiable in
+    reverse mode only, w.r.t. the float arguments: custom_vmap alone is not differentiable,
+    so a custom VJP routes the value and its cotangent through vertex-major rules of their own.
     """
 
     def is_float(x):
