@@ -44,7 +44,7 @@ import numpy as np
 import optax
 from jax import lax
 
-from jaxface import losses
+from jaxface import batched, losses
 from jaxface.camera import Camera
 from jaxface.coeffs import LAYOUT, Coeffs
 from jaxface.formation import (
@@ -98,6 +98,9 @@ class FitConfig:
     landmark_groups: groups optimized in stage 1 (pose + shape by default)
     freeze: groups never changed, e.g. ("id", "tex") to refine expression with a known identity
     light_init: solve gamma in closed form before stage 3 (skipped when gamma is frozen)
+    photo_fraction: most pixels per image, as a fraction of the crop, that the photometric
+        loss reads (an aligned face's region is about 30%); a larger region is thinned
+        evenly to this many pixels at each z-buffer refresh (the loss is a mean over them)
     """
 
     landmark_steps: int = 100
@@ -110,8 +113,11 @@ class FitConfig:
     weights: LossWeights = LossWeights()
     light_init: bool = True
     light_ridge: float = 1e-3
+    photo_fraction: float = 0.4
 
     def __post_init__(self):
+        if not 0.0 < self.photo_fraction <= 1.0:
+            raise ValueError(f"photo_fraction must be in (0, 1], got {self.photo_fraction}")
         for name in (*self.landmark_groups, *self.freeze):
             if name not in GROUPS:
                 raise ValueError(f"unknown coefficient group {name!r}; groups are {GROUPS}")
@@ -145,6 +151,7 @@ class _Static(NamedTuple):
     light_init: bool
     camera: Camera
     shared: bool  # fit_set: id and tex are one vector for the batch
+    photo_samples: int  # pixels per image read by the photometric loss
 
 
 # LossWeights as a pytree of traced scalars (same field names).
@@ -240,7 +247,8 @@ def _run(model, images, landmarks, init, config: FitConfig, camera: Camera, shar
         init_c, have_init = Coeffs.zeros((batch,)), False
     else:
         init_c, have_init = Coeffs(*(jnp.asarray(x, jnp.float32) for x in init)), True
-    static = _Static(config.landmark_steps, config.photo_steps, config.raster_every, config.light_init, camera, shared)
+    samples = max(1, round(config.photo_fraction * camera.image_size**2))
+    static = _Static(config.landmark_steps, config.photo_steps, config.raster_every, config.light_init, camera, shared, samples)
     hyper = _hyper(config, five_points=landmarks.shape[1] == 5)
     return _fit_jit(model, images, landmarks, init_c, have_init, hyper, static)
 
@@ -328,6 +336,31 @@ def _region_mask(model: FaceModel, fragments):
     tri_in = jnp.all(in_region[model.tris], axis=1)
     tri_id = fragments.tri_id
     return ((tri_id >= 0) & tri_in[jnp.maximum(tri_id, 0)]).astype(jnp.float32)
+
+
+def _samples(model: FaceModel, fragments, images, size: int) -> batched.Samples:
+    """The photometric region's pixels of each image (at most `size`), batch minor."""
+
+    def one(frag, image):
+        keep = _region_mask(model, frag) > 0
+        return batched.pixel_samples(frag, model.tris, keep, image, size)
+
+    return batched.batch_samples(*jax.vmap(one)(fragments, images))
+
+
+def _batch_terms(model, coeffs: Coeffs, targets, samples: batched.Samples, camera: Camera):
+    """`_face_terms` of the photometric stage for a whole batch (each term f32[B]), computed
+    batch minor (`jaxface.batched`) on the samples of the last z-buffer refresh."""
+    faces = batched.form_faces_vm(model, coeffs, jax.vmap(rotation_matrix)(coeffs.angle), camera)
+    num = targets.shape[1]
+    lm68 = jnp.stack([c[model.keypoints].T for c in faces.uv], axis=-1)  # [B, 68, 2]
+    landmark = jax.vmap(lambda p, t: losses.landmark_loss(_select_points(p, num), t, _landmark_weights(num)))
+    return {
+        "photo": batched.photometric_vm(faces.colors, faces.screen, samples),
+        "landmark": landmark(lm68, targets),
+        "albedo": batched.albedo_regularizer_vm(faces.albedo, model.skin_mask),
+        "gamma": jax.vmap(losses.lighting_regularizer)(coeffs.gamma),
+    }
 
 
 def _face_terms(model, coeffs, image, target, fragments, camera, photo: bool):
@@ -422,18 +455,19 @@ def _expand(params: Coeffs, batch: int) -> Coeffs:
     return Coeffs(*(x if x.ndim == 2 else jnp.broadcast_to(x, (batch, x.shape[0])) for x in params))
 
 
-def _per_image_losses(model, params, images, targets, valid, fragments, hyper: _Hyper, static: _Static, photo: bool):
-    """(objective f32[], per-image losses f32[B]) with bad images contributing zero."""
-    batch = images.shape[0]
+def _per_image_losses(model, params, targets, valid, samples, hyper: _Hyper, static: _Static, photo: bool):
+    """(objective f32[], per-image losses f32[B]) with bad images contributing zero.
+
+    samples: `batched.Samples` of the last z-buffer refresh (photometric stage), else None.
+    """
+    batch = targets.shape[0]
     coeffs = _expand(params, batch)
     w = hyper.weights
-    frags = fragments if photo else None
-
-    def one(c, image, target, frag):
-        terms = _face_terms(model, c, image, target, frag, static.camera, photo)
-        return _data(terms, w) + _own_priors(c, terms["albedo"], w, static.shared)
-
-    per_image = jax.vmap(one)(coeffs, images, targets, frags)
+    if photo:
+        terms = _batch_terms(model, coeffs, targets, samples, static.camera)
+    else:
+        terms = jax.vmap(lambda c, t: _face_terms(model, c, None, t, None, static.camera, False))(coeffs, targets)
+    per_image = _data(terms, w) + _own_priors(coeffs, terms["albedo"], w, static.shared)
     per_image = jnp.where(valid, per_image, 0.0)
     total = jnp.sum(per_image)
     if static.shared:
@@ -441,11 +475,11 @@ def _per_image_losses(model, params, images, targets, valid, fragments, hyper: _
     return total, per_image
 
 
-def _make_step(model, images, targets, valid, fragments, rates, free, hyper, static, photo, step0, total_steps):
+def _make_step(model, targets, valid, samples, rates, free, hyper, static, photo, step0, total_steps):
     """One Adam step of a stage as a `lax.scan` body over the step index within the chunk."""
     schedule = optax.cosine_decay_schedule(1.0, max(total_steps, 1), alpha=0.1)
     loss_fn = jax.value_and_grad(
-        lambda p: _per_image_losses(model, p, images, targets, valid, fragments, hyper, static, photo), has_aux=True
+        lambda p: _per_image_losses(model, p, targets, valid, samples, hyper, static, photo), has_aux=True
     )
 
     def step(carry, t):
@@ -503,14 +537,16 @@ def _run_stage(model, params, images, targets, valid, status, hyper, static, pho
     inf = jnp.full((batch,), jnp.inf)
     carry = (params, _ADAM.init(params), params, inf, inf, status)
     if not photo:
-        step = _make_step(model, images, targets, valid, None, rates, free, hyper, static, False, 0, steps)
+        step = _make_step(model, targets, valid, None, rates, free, hyper, static, False, 0, steps)
         carry, history = lax.scan(step, carry, jnp.arange(steps))
     else:
         chunk = static.raster_every
 
         def outer(carry, k):
-            fragments = jax.vmap(lambda c: _rasterize_face(model, c, static.camera))(_expand(carry[0], batch))
-            step = _make_step(model, images, targets, valid, fragments, rates, free, hyper, static, True, k * chunk, steps)
+            coeffs = _expand(carry[0], batch)
+            fragments = jax.vmap(lambda c: _rasterize_face(model, c, static.camera))(coeffs)
+            samples = _samples(model, fragments, images, static.photo_samples)
+            step = _make_step(model, targets, valid, samples, rates, free, hyper, static, True, k * chunk, steps)
             return lax.scan(step, carry, jnp.arange(chunk))
 
         carry, history = lax.scan(outer, carry, jnp.arange(steps // chunk))
