@@ -44,28 +44,113 @@ class Faces(NamedTuple):
     uv: tuple
 
 
-def linear_vm(mean, basis, coeffs):
-    """mean f32[V, 3] + basis f32[V, 3, K] @ coeffs f32[B, K], as three f32[V, B]."""
-    num = mean.shape[0]
-    out = (basis.reshape(num * 3, -1) @ coeffs.T).reshape(num, 3, -1) + mean[:, :, None]
-    return out[:, 0], out[:, 1], out[:, 2]
+class Bases(NamedTuple):
+    """The model's linear parts split by coordinate (`prepare`; built once per fit).
+
+    shape: f32[3, V, 144]   identity | expression basis of x, y, z
+    mean_shape: f32[3, V]
+    albedo: f32[3, V, 80]   albedo basis of r, g, b, 0-1 units
+    mean_albedo: f32[3, V]
+    """
+
+    shape: jnp.ndarray
+    mean_shape: jnp.ndarray
+    albedo: jnp.ndarray
+    mean_albedo: jnp.ndarray
 
 
+def prepare(model: FaceModel) -> Bases:
+    """Per-coordinate bases: each coordinate is then one plain matmul whose backward needs
+    no strided slicing of a [3V, B] product (one copy of the bases, made once)."""
+    shape = jnp.concatenate([model.id_base, model.exp_base], axis=-1)
+    return Bases(
+        jnp.moveaxis(shape, 1, 0), model.mean_shape.T, jnp.moveaxis(model.tex_base, 1, 0) / 255.0, model.mean_tex.T / 255.0
+    )
+
+
+def _linear(mean, basis, coeffs):
+    """mean f32[3, V] + basis f32[3, V, K] @ coeffs f32[B, K]: three f32[V, B]."""
+    return tuple(mean[i][:, None] + basis[i] @ coeffs.T for i in range(3))
+
+
+@jax.custom_vjp
 def vertex_normals_vm(pos, tris, point_buf):
     """Unit vertex normals (three f32[V, B]) of shapes pos = (x, y, z), each f32[V, B].
 
     Same formula as `formation.vertex_normals`: face normal normalize((v1 - v2) x (v2 - v3)),
     summed over the triangles of `point_buf` (padding id T -> zero normal), normalized.
+    The backward pass only gathers (no scatter-add): it assumes `point_buf` lists every
+    triangle of its vertex (true of the BFM topology; `point_buf_is_complete` checks).
     """
+    return _normals_fwd(pos, tris, point_buf)[0]
+
+
+def _normals_fwd(pos, tris, point_buf):
     corner = [[p[tris[:, k]] for p in pos] for k in range(3)]  # [corner][coord] f32[T, B]
-    a = [corner[0][i] - corner[1][i] for i in range(3)]
-    b = [corner[1][i] - corner[2][i] for i in range(3)]
-    cross = (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
-    face = _materialize(_normalize(cross))
+    a = tuple(corner[0][i] - corner[1][i] for i in range(3))
+    b = tuple(corner[1][i] - corner[2][i] for i in range(3))
+    cross = _cross(a, b)
+    face, face_inv, face_ok = _normalize_parts(cross)
+    face = _materialize(face)
     zero = jnp.zeros((1, face[0].shape[1]), face[0].dtype)
-    face = [jnp.concatenate([f, zero]) for f in face]
-    summed = tuple(sum(f[point_buf[:, j]] for j in range(point_buf.shape[1])) for f in face)
-    return _normalize(summed)
+    padded = [jnp.concatenate([f, zero]) for f in face]
+    summed = tuple(sum(f[point_buf[:, j]] for j in range(point_buf.shape[1])) for f in padded)
+    normals, inv, ok = _normalize_parts(summed)
+    return normals, (a, b, face, face_inv, face_ok, normals, inv, ok, tris, point_buf)
+
+
+def _normals_bwd(res, g):
+    a, b, face, face_inv, face_ok, normals, inv, ok, tris, point_buf = res
+    num_tris = tris.shape[0]
+    g_sum = _materialize(_normalize_vjp(normals, inv, ok, g))
+    # Triangle t receives the cotangent of each vertex whose point_buf lists it (its corners).
+    listed = jnp.sum(point_buf[tris] == jnp.arange(num_tris)[:, None, None], axis=-1).astype(a[0].dtype)  # [T, 3]
+    g_face = tuple(sum(listed[:, k, None] * gs[tris[:, k]] for k in range(3)) for gs in g_sum)
+    g_cross = _normalize_vjp(face, face_inv, face_ok, g_face)
+    g_a, g_b = _materialize((_cross(b, g_cross), _cross(g_cross, a)))
+    # Corner cotangents as one table per coordinate, rows k * T + t, plus a zero row.
+    zero = jnp.zeros((1, a[0].shape[1]), a[0].dtype)
+    tables = _materialize(tuple(jnp.concatenate([g_a[i], g_b[i] - g_a[i], -g_b[i], zero]) for i in range(3)))
+    # Vertex v is corner k of its triangle t = point_buf[v, j]: row k * T + t (padding: the zero row).
+    tri = jnp.minimum(point_buf, num_tris - 1)
+    k = jnp.argmax(tris[tri] == jnp.arange(point_buf.shape[0])[:, None, None], axis=-1)
+    slot = jnp.where(point_buf < num_tris, k * num_tris + tri, 3 * num_tris)
+    g_pos = tuple(sum(t[slot[:, j]] for j in range(point_buf.shape[1])) for t in tables)
+    return g_pos, None, None
+
+
+vertex_normals_vm.defvjp(_normals_fwd, _normals_bwd)
+
+
+def point_buf_is_complete(tris, point_buf) -> bool:
+    """True when `point_buf` lists exactly the triangles of each vertex (numpy check)."""
+    tris, point_buf = np.asarray(tris), np.asarray(point_buf)
+    num_tris, num_verts = len(tris), len(point_buf)
+    valence = np.bincount(tris.reshape(-1), minlength=num_verts)
+    listed = point_buf < num_tris
+    if not np.array_equal(listed.sum(axis=1), valence):
+        return False
+    rows = tris[np.minimum(point_buf, num_tris - 1)]
+    return bool(np.all((rows == np.arange(num_verts)[:, None, None]).any(axis=-1)[listed]))
+
+
+def _cross(a, b):
+    return (a[1] * b[2] - a[2] * b[1], a[2] * b[0] - a[0] * b[2], a[0] * b[1] - a[1] * b[0])
+
+
+def _normalize_parts(vec, eps=1e-12):
+    """(vec / max(|vec|, eps), the scale used, |vec| > eps), as torch.nn.functional.normalize."""
+    sq = vec[0] * vec[0] + vec[1] * vec[1] + vec[2] * vec[2]
+    ok = sq > eps * eps
+    inv = jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, sq, 1.0)), 1.0 / eps)
+    return tuple(c * inv for c in vec), inv, ok
+
+
+def _normalize_vjp(unit, inv, ok, g):
+    """Cotangent of vec from that of unit = vec * inv: (g - unit (unit . g)) * inv where the
+    length is above eps, g * inv (a constant scale) below it."""
+    dot = jnp.where(ok, unit[0] * g[0] + unit[1] * g[1] + unit[2] * g[2], 0.0)
+    return tuple((gc - u * dot) * inv for u, gc in zip(unit, g))
 
 
 def _materialize(tree):
@@ -80,27 +165,19 @@ def _materialize(tree):
     return jax.lax.cond(keep, lambda t: t, lambda t: jax.tree.map(jnp.zeros_like, t), tree)
 
 
-def _normalize(vec, eps=1e-12):
-    # torch.nn.functional.normalize: x / max(|x|, eps), with a safe gradient at 0.
-    sq = vec[0] * vec[0] + vec[1] * vec[1] + vec[2] * vec[2]
-    ok = sq > eps * eps
-    inv = jnp.where(ok, 1.0 / jnp.sqrt(jnp.where(ok, sq, 1.0)), 1.0 / eps)
-    return tuple(c * inv for c in vec)
-
-
 def _rotate(vec, rot):
     # rot f32[B, 3, 3]: out_i = sum_j R_ij vec_j, broadcast over the vertex axis.
     return tuple(sum(rot[:, i, j] * vec[j] for j in range(3)) for i in range(3))
 
 
-def form_faces_vm(model: FaceModel, coeffs, rot, camera: Camera = Camera()) -> Faces:
+def form_faces_vm(model: FaceModel, bases: Bases, coeffs, rot, camera: Camera = Camera()) -> Faces:
     """`formation.form_face` for a batch, batch minor.
 
-    coeffs: `Coeffs` with fields f32[B, n]; rot: f32[B, 3, 3] (`formation.rotation_matrix`).
+    bases: `prepare(model)`; coeffs: `Coeffs` with fields f32[B, n]; rot: f32[B, 3, 3]
+    (`formation.rotation_matrix`).
     """
-    pos = linear_vm(model.mean_shape, model.id_base, coeffs.id)
-    pos = tuple(p + e for p, e in zip(pos, linear_vm(jnp.zeros_like(model.mean_shape), model.exp_base, coeffs.exp)))
-    albedo = tuple(c / 255.0 for c in linear_vm(model.mean_tex, model.tex_base, coeffs.tex))
+    pos = _linear(bases.mean_shape, bases.shape, jnp.concatenate([coeffs.id, coeffs.exp], axis=-1))
+    albedo = _linear(bases.mean_albedo, bases.albedo, coeffs.tex)
     normals = _rotate(vertex_normals_vm(pos, model.tris, model.point_buf), rot)
     x, y, z = (p + t for p, t in zip(_rotate(pos, rot), coeffs.trans.T))
     depth = camera.distance - z
@@ -138,7 +215,7 @@ def _shade_vm(albedo, normals, gamma):
 class Samples(NamedTuple):
     """Up to K pixel samples per image of a batch, fixed at a z-buffer refresh (batch minor).
 
-    corners: i32[3, K, B]   flat ids v * B + b of the corners of each sample's triangle
+    corners: i32[3, K, B]   flat ids b * V + v of the corners of each sample's triangle
     px, py: f32[K, B]       sample position (column, top-down row)
     target: f32[3, K, B]    the image's colour there (r, g, b)
     weight: f32[K, B]       1 / (samples of that image) on real samples, 0 on padding
@@ -174,10 +251,10 @@ def pixel_samples(fragments: Fragments, tris, keep, image, size: int):
     return tris[tri], (pix % width).astype(jnp.float32), (pix // width).astype(jnp.float32), target, weight
 
 
-def batch_samples(corners, px, py, target, weight) -> Samples:
+def batch_samples(corners, px, py, target, weight, num_vertices: int) -> Samples:
     """Stack `pixel_samples` outputs of B images (leading B axes) into batch-minor `Samples`."""
     batch = corners.shape[0]
-    flat = jnp.moveaxis(corners, (0, 2), (2, 0)) * batch + jnp.arange(batch, dtype=corners.dtype)
+    flat = jnp.moveaxis(corners, (0, 2), (2, 0)) + num_vertices * jnp.arange(batch, dtype=corners.dtype)
     return Samples(flat, px.T, py.T, jnp.moveaxis(target, (0, 2), (2, 0)), weight.T)
 
 
@@ -186,7 +263,10 @@ def interpolate_samples(channels, screen, samples: Samples):
 
     channels: tuple of f32[V, B] vertex values; screen: (x, y, 1/z) each f32[V, B].
     """
-    channels, screen = _materialize((channels, screen))
+    # Tables transposed to image-major f32[B * V]: a sample's corners are then near each
+    # other's in memory (neighbouring pixels hit neighbouring vertices), which makes these
+    # scalar gathers and their scatter-add cotangents more cache-friendly.
+    channels, screen = _materialize((tuple(c.T for c in channels), tuple(s.T for s in screen)))
     gather = lambda table, k: table.reshape(-1)[samples.corners[k]]
     corners = tuple(tuple(gather(s, k) for k in range(3)) for s in screen)
     bary, _ = perspective_barycentrics(corners, samples.px, samples.py, samples.weight > 0)

@@ -345,13 +345,13 @@ def _samples(model: FaceModel, fragments, images, size: int) -> batched.Samples:
         keep = _region_mask(model, frag) > 0
         return batched.pixel_samples(frag, model.tris, keep, image, size)
 
-    return batched.batch_samples(*jax.vmap(one)(fragments, images))
+    return batched.batch_samples(*jax.vmap(one)(fragments, images), model.num_vertices)
 
 
-def _batch_terms(model, coeffs: Coeffs, targets, samples: batched.Samples, camera: Camera):
+def _batch_terms(model, bases: batched.Bases, coeffs: Coeffs, targets, samples: batched.Samples, camera: Camera):
     """`_face_terms` of the photometric stage for a whole batch (each term f32[B]), computed
     batch minor (`jaxface.batched`) on the samples of the last z-buffer refresh."""
-    faces = batched.form_faces_vm(model, coeffs, jax.vmap(rotation_matrix)(coeffs.angle), camera)
+    faces = batched.form_faces_vm(model, bases, coeffs, jax.vmap(rotation_matrix)(coeffs.angle), camera)
     num = targets.shape[1]
     lm68 = jnp.stack([c[model.keypoints].T for c in faces.uv], axis=-1)  # [B, 68, 2]
     landmark = jax.vmap(lambda p, t: losses.landmark_loss(_select_points(p, num), t, _landmark_weights(num)))
@@ -455,32 +455,33 @@ def _expand(params: Coeffs, batch: int) -> Coeffs:
     return Coeffs(*(x if x.ndim == 2 else jnp.broadcast_to(x, (batch, x.shape[0])) for x in params))
 
 
-def _per_image_losses(model, params, targets, valid, samples, hyper: _Hyper, static: _Static, photo: bool):
+def _per_image_losses(model, params, targets, valid, photo, hyper: _Hyper, static: _Static):
     """(objective f32[], per-image losses f32[B]) with bad images contributing zero.
 
-    samples: `batched.Samples` of the last z-buffer refresh (photometric stage), else None.
+    photo: None (landmark stage) or (`batched.prepare(model)`, `batched.Samples` of the last
+    z-buffer refresh) for the photometric stage.
     """
     batch = targets.shape[0]
     coeffs = _expand(params, batch)
     w = hyper.weights
-    if photo:
-        terms = _batch_terms(model, coeffs, targets, samples, static.camera)
+    if photo is not None:
+        terms = _batch_terms(model, photo[0], coeffs, targets, photo[1], static.camera)
     else:
         terms = jax.vmap(lambda c, t: _face_terms(model, c, None, t, None, static.camera, False))(coeffs, targets)
     per_image = _data(terms, w) + _own_priors(coeffs, terms["albedo"], w, static.shared)
     per_image = jnp.where(valid, per_image, 0.0)
     total = jnp.sum(per_image)
     if static.shared:
-        total = total + _shared_priors(model, params.id, params.tex, w, photo)
+        total = total + _shared_priors(model, params.id, params.tex, w, photo is not None)
     return total, per_image
 
 
-def _make_step(model, targets, valid, samples, rates, free, hyper, static, photo, step0, total_steps):
-    """One Adam step of a stage as a `lax.scan` body over the step index within the chunk."""
+def _make_step(model, targets, valid, photo, rates, free, hyper, static, step0, total_steps):
+    """One Adam step of a stage as a `lax.scan` body over the step index within the chunk.
+
+    photo: None or (bases, samples), as in `_per_image_losses`."""
     schedule = optax.cosine_decay_schedule(1.0, max(total_steps, 1), alpha=0.1)
-    loss_fn = jax.value_and_grad(
-        lambda p: _per_image_losses(model, p, targets, valid, samples, hyper, static, photo), has_aux=True
-    )
+    loss_fn = jax.value_and_grad(lambda p: _per_image_losses(model, p, targets, valid, photo, hyper, static), has_aux=True)
 
     def step(carry, t):
         params, opt_state, best, best_unit, best_img, status = carry
@@ -537,16 +538,17 @@ def _run_stage(model, params, images, targets, valid, status, hyper, static, pho
     inf = jnp.full((batch,), jnp.inf)
     carry = (params, _ADAM.init(params), params, inf, inf, status)
     if not photo:
-        step = _make_step(model, targets, valid, None, rates, free, hyper, static, False, 0, steps)
+        step = _make_step(model, targets, valid, None, rates, free, hyper, static, 0, steps)
         carry, history = lax.scan(step, carry, jnp.arange(steps))
     else:
         chunk = static.raster_every
+        bases = batched.prepare(model)  # once per fit, outside the step loop
 
         def outer(carry, k):
             coeffs = _expand(carry[0], batch)
             fragments = jax.vmap(lambda c: _rasterize_face(model, c, static.camera))(coeffs)
             samples = _samples(model, fragments, images, static.photo_samples)
-            step = _make_step(model, targets, valid, samples, rates, free, hyper, static, True, k * chunk, steps)
+            step = _make_step(model, targets, valid, (bases, samples), rates, free, hyper, static, k * chunk, steps)
             return lax.scan(step, carry, jnp.arange(chunk))
 
         carry, history = lax.scan(outer, carry, jnp.arange(steps // chunk))
