@@ -92,13 +92,16 @@ def _normals_fwd(pos, tris, point_buf):
     cross = _cross(a, b)
     face, face_inv, face_ok = _normalize_parts(cross)
     face = _materialize(face)
-    zero = jnp.zeros((1, face[0].shape[1]), face[0].dtype)
-    padded = [jnp.concatenate([f, zero]) for f in face]
-    summed = tuple(sum(f[point_buf[:, j]] for j in range(point_buf.shape[1])) for f in padded)
+    # The padding id T reads a clamped row, masked to zero (no padded copy of the table).
+    num_tris = tris.shape[0]
+    listed = [(point_buf[:, j] < num_tris)[:, None] for j in range(point_buf.shape[1])]
+    rows = [jnp.minimum(point_buf[:, j], num_tris - 1) for j in range(point_buf.shape[1])]
+    summed = tuple(sum(jnp.where(m, f[r], 0.0) for m, r in zip(listed, rows)) for f in face)
     normals, inv, ok = _normalize_parts(summed)
     return normals, (a, b, face, face_inv, face_ok, normals, inv, ok, tris, point_buf)
 
 
+@jax.named_scope("normals_bwd")
 def _normals_bwd(res, g):
     a, b, face, face_inv, face_ok, normals, inv, ok, tris, point_buf = res
     num_tris = tris.shape[0]
@@ -176,9 +179,11 @@ def form_faces_vm(model: FaceModel, bases: Bases, coeffs, rot, camera: Camera = 
     bases: `prepare(model)`; coeffs: `Coeffs` with fields f32[B, n]; rot: f32[B, 3, 3]
     (`formation.rotation_matrix`).
     """
-    pos = _linear(bases.mean_shape, bases.shape, jnp.concatenate([coeffs.id, coeffs.exp], axis=-1))
-    albedo = _linear(bases.mean_albedo, bases.albedo, coeffs.tex)
-    normals = _rotate(vertex_normals_vm(pos, model.tris, model.point_buf), rot)
+    with jax.named_scope("bases"):  # scopes name the stages in profiles
+        pos = _linear(bases.mean_shape, bases.shape, jnp.concatenate([coeffs.id, coeffs.exp], axis=-1))
+        albedo = _linear(bases.mean_albedo, bases.albedo, coeffs.tex)
+    with jax.named_scope("normals"):
+        normals = _rotate(vertex_normals_vm(pos, model.tris, model.point_buf), rot)
     x, y, z = (p + t for p, t in zip(_rotate(pos, rot), coeffs.trans.T))
     depth = camera.distance - z
     u = camera.focal * x / depth + camera.center
@@ -258,6 +263,7 @@ def batch_samples(corners, px, py, target, weight, num_vertices: int) -> Samples
     return Samples(flat, px.T, py.T, jnp.moveaxis(target, (0, 2), (2, 0)), weight.T)
 
 
+@jax.named_scope("samples")
 def interpolate_samples(channels, screen, samples: Samples):
     """Perspective-correct interpolation at the samples: one f32[K, B] per channel.
 
@@ -269,8 +275,52 @@ def interpolate_samples(channels, screen, samples: Samples):
     channels, screen = _materialize((tuple(c.T for c in channels), tuple(s.T for s in screen)))
     gather = lambda table, k: table.reshape(-1)[samples.corners[k]]
     corners = tuple(tuple(gather(s, k) for k in range(3)) for s in screen)
-    bary, _ = perspective_barycentrics(corners, samples.px, samples.py, samples.weight > 0)
-    return tuple(sum(bary[k] * gather(c, k) for k in range(3)) for c in channels)
+    values = tuple(tuple(gather(c, k) for k in range(3)) for c in channels)
+    return _blend(corners, values, samples.px, samples.py, samples.weight > 0)
+
+
+@jax.custom_vjp
+def _blend(corners, values, px, py, valid):
+    """sum_k bary_k * values[c][k] per channel c, bary from `perspective_barycentrics`.
+
+    corners: ((x_k), (y_k), (1/z_k)) and values: per channel (v_k), each f32[K, B]. The
+    hand-written backward computes the shared intermediates once: autodiff lets XLA
+    recompute them inside each of the 3 * (3 + C) scatter-add operands.
+    """
+    bary, _ = perspective_barycentrics(corners, px, py, valid)
+    return tuple(sum(bary[k] * v[k] for k in range(3)) for v in values)
+
+
+def _blend_fwd(corners, values, px, py, valid):
+    x = [xk - px for xk in corners[0]]
+    y = [yk - py for yk in corners[1]]
+    edge = [x[i] * y[j] - x[j] * y[i] for i, j in ((1, 2), (2, 0), (0, 1))]
+    weighted = [e * iz for e, iz in zip(edge, corners[2])]
+    inv_total = 1.0 / jnp.where(valid, weighted[0] + weighted[1] + weighted[2], 1.0)
+    bary = [jnp.where(valid, w * inv_total, 0.0) for w in weighted]
+    out = tuple(sum(bary[k] * v[k] for k in range(3)) for v in values)
+    return out, (x, y, edge, corners[2], bary, jnp.where(valid, inv_total, 0.0), values)
+
+
+@jax.named_scope("samples_bwd")
+def _blend_bwd(res, g):
+    x, y, edge, inv_depth, bary, inv_total, values = res
+    g_bary = [sum(gc * v[k] for gc, v in zip(g, values)) for k in range(3)]
+    mean = g_bary[0] * bary[0] + g_bary[1] * bary[1] + g_bary[2] * bary[2]
+    g_w = _materialize([(gb - mean) * inv_total for gb in g_bary])  # 0 where not valid
+    g_edge = [gw * iz for gw, iz in zip(g_w, inv_depth)]
+    g_x, g_y = [0.0] * 3, [0.0] * 3
+    for e, (i, j) in zip(g_edge, ((1, 2), (2, 0), (0, 1))):  # edge = x_i y_j - x_j y_i
+        g_x[i] = g_x[i] + e * y[j]
+        g_y[j] = g_y[j] + e * x[i]
+        g_x[j] = g_x[j] - e * y[i]
+        g_y[i] = g_y[i] - e * x[j]
+    g_corners = (tuple(g_x), tuple(g_y), tuple(gw * e for gw, e in zip(g_w, edge)))
+    g_values = tuple(tuple(bary[k] * gc for k in range(3)) for gc in g)
+    return g_corners, g_values, None, None, None
+
+
+_blend.defvjp(_blend_fwd, _blend_bwd)
 
 
 def photometric_vm(colors, screen, samples: Samples, eps: float = PHOTO_EPS):
