@@ -10,7 +10,7 @@ B-float row per index (B = 16 is one AVX-512 vector), whereas [B, V, 3] gathers 
 
 Pixels: at each z-buffer refresh `pixel_samples` lists up to K pixels of the loss region
 per image (`Samples`); every step then interpolates only those, with their triangle ids
-fixed (the renderer's gradient path, `render.interpolate`). Flat vertex ids v * B + b
+fixed (the renderer's gradient path, `render.interpolate`). Flat vertex ids b * V + v
 address the per-image tables.
 """
 
@@ -51,12 +51,14 @@ class Bases(NamedTuple):
     mean_shape: f32[3, V]
     albedo: f32[3, V, 80]   albedo basis of r, g, b, 0-1 units
     mean_albedo: f32[3, V]
+    mesh: Mesh              triangles with the index tables of the normals' backward pass
     """
 
     shape: jnp.ndarray
     mean_shape: jnp.ndarray
     albedo: jnp.ndarray
     mean_albedo: jnp.ndarray
+    mesh: Mesh
 
 
 def prepare(model: FaceModel) -> Bases:
@@ -64,8 +66,38 @@ def prepare(model: FaceModel) -> Bases:
     no strided slicing of a [3V, B] product (one copy of the bases, made once)."""
     shape = jnp.concatenate([model.id_base, model.exp_base], axis=-1)
     return Bases(
-        jnp.moveaxis(shape, 1, 0), model.mean_shape.T, jnp.moveaxis(model.tex_base, 1, 0) / 255.0, model.mean_tex.T / 255.0
+        jnp.moveaxis(shape, 1, 0),
+        model.mean_shape.T,
+        jnp.moveaxis(model.tex_base, 1, 0) / 255.0,
+        model.mean_tex.T / 255.0,
+        mesh_tables(model.tris, model.point_buf),
     )
+
+
+class Mesh(NamedTuple):
+    """A triangle mesh with the tables of `vertex_normals_vm`'s gather-only backward pass.
+
+    tris: i32[T, 3]; point_buf: i32[V, P] (triangles of each vertex, padded with T)
+    listed: f32[T, 3]   how often the point_buf row of corner k lists triangle t
+    slot: i32[V, P]     row k * T + t of the corner-cotangent table for the vertex's
+                        triangle t = point_buf[v, j] of which it is corner k (3T: padding)
+    """
+
+    tris: jnp.ndarray
+    point_buf: jnp.ndarray
+    listed: jnp.ndarray
+    slot: jnp.ndarray
+
+
+def mesh_tables(tris, point_buf) -> Mesh:
+    """`Mesh` of a topology (cheap; computed once per fit, not per step)."""
+    tris, point_buf = jnp.asarray(tris), jnp.asarray(point_buf)
+    num_tris, num_verts = tris.shape[0], point_buf.shape[0]
+    listed = jnp.sum(point_buf[tris] == jnp.arange(num_tris)[:, None, None], axis=-1).astype(jnp.float32)
+    tri = jnp.minimum(point_buf, num_tris - 1)
+    corner = jnp.argmax(tris[tri] == jnp.arange(num_verts)[:, None, None], axis=-1)
+    slot = jnp.where(point_buf < num_tris, corner * num_tris + tri, 3 * num_tris).astype(jnp.int32)
+    return Mesh(tris, point_buf, listed, slot)
 
 
 def _linear(mean, basis, coeffs):
@@ -74,18 +106,20 @@ def _linear(mean, basis, coeffs):
 
 
 @jax.custom_vjp
-def vertex_normals_vm(pos, tris, point_buf):
+def vertex_normals_vm(pos, mesh: Mesh):
     """Unit vertex normals (three f32[V, B]) of shapes pos = (x, y, z), each f32[V, B].
 
     Same formula as `formation.vertex_normals`: face normal normalize((v1 - v2) x (v2 - v3)),
     summed over the triangles of `point_buf` (padding id T -> zero normal), normalized.
-    The backward pass only gathers (no scatter-add): it assumes `point_buf` lists every
-    triangle of its vertex (true of the BFM topology; `point_buf_is_complete` checks).
+    mesh: `mesh_tables(tris, point_buf)`. The backward pass only gathers (no scatter-add):
+    it needs `point_buf` to list every triangle of its vertex once (true of the BFM
+    topology; `point_buf_is_complete` checks, and `fit` refuses a model without it).
     """
-    return _normals_fwd(pos, tris, point_buf)[0]
+    return _normals_fwd(pos, mesh)[0]
 
 
-def _normals_fwd(pos, tris, point_buf):
+def _normals_fwd(pos, mesh: Mesh):
+    tris, point_buf = mesh.tris, mesh.point_buf
     corner = [[p[tris[:, k]] for p in pos] for k in range(3)]  # [corner][coord] f32[T, B]
     a = tuple(corner[0][i] - corner[1][i] for i in range(3))
     b = tuple(corner[1][i] - corner[2][i] for i in range(3))
@@ -98,28 +132,23 @@ def _normals_fwd(pos, tris, point_buf):
     rows = [jnp.minimum(point_buf[:, j], num_tris - 1) for j in range(point_buf.shape[1])]
     summed = tuple(sum(jnp.where(m, f[r], 0.0) for m, r in zip(listed, rows)) for f in face)
     normals, inv, ok = _normalize_parts(summed)
-    return normals, (a, b, face, face_inv, face_ok, normals, inv, ok, tris, point_buf)
+    return normals, (a, b, face, face_inv, face_ok, normals, inv, ok, mesh)
 
 
 @jax.named_scope("normals_bwd")
 def _normals_bwd(res, g):
-    a, b, face, face_inv, face_ok, normals, inv, ok, tris, point_buf = res
-    num_tris = tris.shape[0]
+    a, b, face, face_inv, face_ok, normals, inv, ok, mesh = res
+    tris, listed = mesh.tris, mesh.listed.astype(a[0].dtype)
     g_sum = _materialize(_normalize_vjp(normals, inv, ok, g))
     # Triangle t receives the cotangent of each vertex whose point_buf lists it (its corners).
-    listed = jnp.sum(point_buf[tris] == jnp.arange(num_tris)[:, None, None], axis=-1).astype(a[0].dtype)  # [T, 3]
     g_face = tuple(sum(listed[:, k, None] * gs[tris[:, k]] for k in range(3)) for gs in g_sum)
     g_cross = _normalize_vjp(face, face_inv, face_ok, g_face)
     g_a, g_b = _materialize((_cross(b, g_cross), _cross(g_cross, a)))
     # Corner cotangents as one table per coordinate, rows k * T + t, plus a zero row.
     zero = jnp.zeros((1, a[0].shape[1]), a[0].dtype)
     tables = _materialize(tuple(jnp.concatenate([g_a[i], g_b[i] - g_a[i], -g_b[i], zero]) for i in range(3)))
-    # Vertex v is corner k of its triangle t = point_buf[v, j]: row k * T + t (padding: the zero row).
-    tri = jnp.minimum(point_buf, num_tris - 1)
-    k = jnp.argmax(tris[tri] == jnp.arange(point_buf.shape[0])[:, None, None], axis=-1)
-    slot = jnp.where(point_buf < num_tris, k * num_tris + tri, 3 * num_tris)
-    g_pos = tuple(sum(t[slot[:, j]] for j in range(point_buf.shape[1])) for t in tables)
-    return g_pos, None, None
+    g_pos = tuple(sum(t[mesh.slot[:, j]] for j in range(mesh.slot.shape[1])) for t in tables)
+    return g_pos, None
 
 
 vertex_normals_vm.defvjp(_normals_fwd, _normals_bwd)
@@ -134,7 +163,10 @@ def point_buf_is_complete(tris, point_buf) -> bool:
     if not np.array_equal(listed.sum(axis=1), valence):
         return False
     rows = tris[np.minimum(point_buf, num_tris - 1)]
-    return bool(np.all((rows == np.arange(num_verts)[:, None, None]).any(axis=-1)[listed]))
+    if not np.all((rows == np.arange(num_verts)[:, None, None]).any(axis=-1)[listed]):
+        return False
+    ids = np.sort(np.where(listed, point_buf, -1 - np.arange(point_buf.shape[1])), axis=1)
+    return bool(np.all(ids[:, 1:] != ids[:, :-1]))  # no triangle listed twice
 
 
 def _cross(a, b):
@@ -183,7 +215,7 @@ def form_faces_vm(model: FaceModel, bases: Bases, coeffs, rot, camera: Camera = 
         pos = _linear(bases.mean_shape, bases.shape, jnp.concatenate([coeffs.id, coeffs.exp], axis=-1))
         albedo = _linear(bases.mean_albedo, bases.albedo, coeffs.tex)
     with jax.named_scope("normals"):
-        normals = _rotate(vertex_normals_vm(pos, model.tris, model.point_buf), rot)
+        normals = _rotate(vertex_normals_vm(pos, bases.mesh), rot)
     x, y, z = (p + t for p, t in zip(_rotate(pos, rot), coeffs.trans.T))
     depth = camera.distance - z
     u = camera.focal * x / depth + camera.center
@@ -247,7 +279,8 @@ def pixel_samples(fragments: Fragments, tris, keep, image, size: int):
     count = jnp.sum(flat)
     rank = jnp.cumsum(flat) - 1.0
     step = jnp.minimum(1.0, size / jnp.maximum(count, 1))
-    chosen = flat & (jnp.floor((rank + 1) * step) > jnp.floor(rank * step))
+    # The first pixel of each of `size` equal buckets of ranks: exactly min(size, count).
+    chosen = flat & (jnp.floor(rank * step) > jnp.floor((rank - 1) * step))
     (pix,) = jnp.nonzero(chosen, size=size, fill_value=0)
     real = jnp.arange(size) < jnp.sum(chosen)
     tri = jnp.maximum(fragments.tri_id.reshape(-1)[pix], 0)

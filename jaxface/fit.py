@@ -18,7 +18,10 @@ Stages (SPEC "Training losses" weights, `LossWeights`):
    `front_mask_idx` triangles), so the background does not matter. Rasterization (the
    renderer's non-differentiable z-buffer) is refreshed every `raster_every` steps; in
    between, colours and barycentrics are re-interpolated from the current vertices for
-   the fixed triangle ids, which is exactly the renderer's gradient path.
+   the fixed triangle ids, which is exactly the renderer's gradient path. Each refresh
+   lists the region's pixels (at most `photo_fraction` of the crop), and the steps run
+   on the whole batch at once, batch minor (`jaxface.batched`: the same formulas, with
+   faster gathers on CPU).
 
 Adam per coefficient group with its own learning rate and a cosine decay to 10 % per stage.
 Frozen groups (`freeze`) get exactly zero updates. Per image: inputs with non-finite
@@ -273,6 +276,11 @@ def _hyper(config: FitConfig, five_points: bool) -> _Hyper:
 
 
 def _check_inputs(model: FaceModel, images, landmarks, init, camera: Camera):
+    if not isinstance(model.point_buf, jax.core.Tracer) and not batched.point_buf_is_complete(model.tris, model.point_buf):
+        raise ValueError(
+            f"model {model.label!r}: point_buf must list every triangle of each vertex exactly once (padded "
+            "with T, at most point_buf.shape[1] per vertex); the fitting gradients rely on it, as the BFM files do."
+        )
     size = camera.image_size
     images = jnp.asarray(images)
     if images.ndim != 4 or images.shape[1:] != (size, size, 3):
