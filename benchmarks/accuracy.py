@@ -13,7 +13,9 @@ and the recovered canonical shape (id + exp, unposed) is compared with the true 
 
 (a)-(c) use N independent faces; (c), (d), (e) are also reported on the V views. Seconds per
 face are steady-state (second call, compile excluded; compile reported separately); the
-speed target is timed separately at its own batch size (--speed-batch, default 16).
+speed target is timed separately at its own batch size (--speed-batch, default 16), with one
+photometric step (objective + gradient) of `fit`'s batch-minor path against the per-face
+reference path in the same process (`step_ms_per_face`).
 
     .venv/bin/python benchmarks/accuracy.py [--faces 5] [--views 5] [--photo-steps 100] [--speed-batch 16]
 """
@@ -21,6 +23,7 @@ speed target is timed separately at its own batch size (--speed-batch, default 1
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import time
 
@@ -72,6 +75,53 @@ def timed(fn, *args, **kwargs):
     t0 = time.perf_counter()
     out = jax.block_until_ready(fn(*args, **kwargs))
     return out, first, time.perf_counter() - t0
+
+
+def step_comparison(model, scene, repeats: int = 5):
+    """ms/face of one photometric-stage objective + gradient at the scene's batch size: the
+    batch-minor path `fit` runs (`jaxface.batched`) against the per-face reference (vmapped
+    `fit._face_terms`, the renderer's `interpolate` over the whole crop), alternating in one
+    process on the same coefficients and z-buffer."""
+    fit_mod = importlib.import_module("jaxface.fit")  # the module (jaxface.fit is the function)
+    from jaxface import batched
+    from jaxface.camera import Camera
+    from jaxface.losses import LossWeights
+
+    camera, w = Camera(), LossWeights()
+    coeffs = scene.coeffs._replace(id=0.5 * scene.coeffs.id, exp=0.5 * scene.coeffs.exp)
+    images = jnp.asarray(scene.images, jnp.float32) / 255.0 if scene.images.dtype == jnp.uint8 else scene.images
+    targets = fit_mod._flip_landmarks(scene.landmarks, camera)
+    frags = jax.jit(jax.vmap(lambda m, c: fit_mod._rasterize_face(m, c, camera), in_axes=(None, 0)))(model, coeffs)
+    size = round(FitConfig().photo_fraction * camera.image_size**2)
+    samples = jax.jit(lambda m, f, i: fit_mod._samples(m, f, i, size))(model, frags, images)
+    bases = jax.jit(batched.prepare)(model)
+
+    def total(terms, c):
+        return jnp.sum(fit_mod._data(terms, w) + fit_mod._own_priors(c, terms["albedo"], w, False))
+
+    def batch_minor(c, m, b, s):
+        return total(fit_mod._batch_terms(m, b, c, targets, s, camera), c)
+
+    def per_face(c, m, f):
+        one = lambda c1, image, t, fr: fit_mod._face_terms(m, c1, image, t, fr, camera, True)
+        return total(jax.vmap(one)(c, images, targets, f), c)
+
+    runs = {
+        "batch_minor": (jax.jit(jax.value_and_grad(batch_minor)), (coeffs, model, bases, samples)),
+        "per_face_reference": (jax.jit(jax.value_and_grad(per_face)), (coeffs, model, frags)),
+    }
+    times = {name: [] for name in runs}
+    for fn, args in runs.values():
+        jax.block_until_ready(fn(*args))
+    for _ in range(repeats):
+        for name, (fn, args) in runs.items():
+            t0 = time.perf_counter()
+            jax.block_until_ready(fn(*args))
+            times[name].append(time.perf_counter() - t0)
+    batch = coeffs.batch_shape[0]
+    out = {name: round(1e3 * float(np.median(t)) / batch, 2) for name, t in times.items()}
+    out["speedup"] = round(out["per_face_reference"] / out["batch_minor"], 2)
+    return out
 
 
 def main():
@@ -128,6 +178,7 @@ def main():
             "photometric_per_100_steps": round((ph_b - lm_b) / args.speed_batch * 100 / max(args.photo_steps, 1), 3),
             "photometric_fit": round(ph_b / args.speed_batch, 3),
             "compile_s": round(ph_first_b - ph_b, 1),
+            "step_ms_per_face": step_comparison(model, many),
         }
     result = {
         "benchmark": "accuracy",
