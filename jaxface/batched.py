@@ -25,7 +25,7 @@ import numpy as np
 
 from jaxface.camera import Camera
 from jaxface.losses import PHOTO_EPS
-from jaxface.formation import _A, _C, AMBIENT_OFFSET
+from jaxface.formation import AMBIENT_OFFSET, sh_terms
 from jaxface.model.face_model import FaceModel
 from jaxface.render.rasterize import NEAR, Fragments, perspective_barycentrics
 
@@ -229,25 +229,9 @@ def form_faces_vm(model: FaceModel, bases: Bases, coeffs, rot, camera: Camera = 
 
 def _shade_vm(albedo, normals, gamma):
     """albedo * (Y(n) . gamma_c) with the ambient offset; gamma f32[B, 27]."""
-    x, y, z = normals
-    a0c0, a1c1, a2c2 = _A[0] * _C[0], _A[1] * _C[1], _A[2] * _C[2]
-    terms = [
-        None,  # the constant term, added below
-        -a1c1 * y,
-        a1c1 * z,
-        -a1c1 * x,
-        a2c2 * x * y,
-        -a2c2 * y * z,
-        0.5 * a2c2 / np.sqrt(3.0) * (3 * z * z - 1),
-        -a2c2 * x * z,
-        0.5 * a2c2 * (x * x - y * y),
-    ]
-    g = gamma.reshape(-1, 3, 9)
-    out = []
-    for c in range(3):
-        light = a0c0 * (g[:, c, 0] + AMBIENT_OFFSET) + sum(terms[k] * g[:, c, k] for k in range(1, 9))
-        out.append(albedo[c] * light)
-    return tuple(out)
+    terms = sh_terms(*normals)
+    g = gamma.reshape(-1, 3, 9).at[:, :, 0].add(AMBIENT_OFFSET)
+    return tuple(albedo[c] * sum(terms[k] * g[:, c, k] for k in range(9)) for c in range(3))
 
 
 class Samples(NamedTuple):

@@ -159,7 +159,11 @@ def _normalize(x, eps=1e-12, axis=-1):
 
 def _sh_terms(normals):
     """The nine SH basis values, each f32[N, 1], for unit normals f32[N, 3]."""
-    x, y, z = normals[:, 0:1], normals[:, 1:2], normals[:, 2:3]
+    return sh_terms(normals[:, 0:1], normals[:, 1:2], normals[:, 2:3])
+
+
+def sh_terms(x, y, z):
+    """The nine SH basis values (a list, each shaped like x) of unit normals (x, y, z)."""
     a0c0 = _A[0] * _C[0]
     a1c1 = _A[1] * _C[1]
     a2c2 = _A[2] * _C[2]
