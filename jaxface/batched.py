@@ -27,7 +27,7 @@ from jaxface.camera import Camera
 from jaxface.losses import PHOTO_EPS
 from jaxface.formation import AMBIENT_OFFSET, sh_terms
 from jaxface.model.face_model import FaceModel
-from jaxface.render.rasterize import NEAR, Fragments, perspective_barycentrics
+from jaxface.render.rasterize import NEAR, Fragments, edge_functions
 
 
 class Faces(NamedTuple):
@@ -299,20 +299,18 @@ def interpolate_samples(channels, screen, samples: Samples):
 
 @jax.custom_vjp
 def _blend(corners, values, px, py, valid):
-    """sum_k bary_k * values[c][k] per channel c, bary from `perspective_barycentrics`.
+    """sum_k bary_k * values[c][k] per channel c, bary as in `perspective_barycentrics`.
 
     corners: ((x_k), (y_k), (1/z_k)) and values: per channel (v_k), each f32[K, B]. The
     hand-written backward computes the shared intermediates once: autodiff lets XLA
     recompute them inside each of the 3 * (3 + C) scatter-add operands.
     """
-    bary, _ = perspective_barycentrics(corners, px, py, valid)
-    return tuple(sum(bary[k] * v[k] for k in range(3)) for v in values)
+    return _blend_fwd(corners, values, px, py, valid)[0]
 
 
 def _blend_fwd(corners, values, px, py, valid):
-    x = [xk - px for xk in corners[0]]
-    y = [yk - py for yk in corners[1]]
-    edge = [x[i] * y[j] - x[j] * y[i] for i, j in ((1, 2), (2, 0), (0, 1))]
+    # The arithmetic of `perspective_barycentrics`, keeping what the backward pass needs.
+    x, y, edge = edge_functions(corners, px, py)
     weighted = [e * iz for e, iz in zip(edge, corners[2])]
     inv_total = 1.0 / jnp.where(valid, weighted[0] + weighted[1] + weighted[2], 1.0)
     bary = [jnp.where(valid, w * inv_total, 0.0) for w in weighted]

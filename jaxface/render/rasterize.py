@@ -217,14 +217,19 @@ def perspective_barycentrics(corners, px, py, valid):
     small triangles far from the origin); perspective weights are e_k / z_k normalized (the
     triangle's area cancels), and depth = sum_k e_k / sum_k (e_k / z_k).
     """
-    x = [xk - px for xk in corners[0]]
-    y = [yk - py for yk in corners[1]]
-    # Doubled signed area of (sample, v_k+1, v_k+2); they sum to the doubled triangle area.
-    edge = [x[i] * y[j] - x[j] * y[i] for i, j in ((1, 2), (2, 0), (0, 1))]
+    x, y, edge = edge_functions(corners, px, py)
     weighted = [e * iz for e, iz in zip(edge, corners[2])]
     inv_total = 1.0 / jnp.where(valid, weighted[0] + weighted[1] + weighted[2], 1.0)
     bary = jnp.stack([jnp.where(valid, w * inv_total, 0.0) for w in weighted])
     return bary, jnp.where(valid, (edge[0] + edge[1] + edge[2]) * inv_total, 0.0)
+
+
+def edge_functions(corners, px, py):
+    """(x_k - px, y_k - py, edge_k) per corner k: edge_k is the doubled signed area of
+    (sample, v_k+1, v_k+2); the three sum to the doubled triangle area."""
+    x = [xk - px for xk in corners[0]]
+    y = [yk - py for yk in corners[1]]
+    return x, y, [x[i] * y[j] - x[j] * y[i] for i, j in ((1, 2), (2, 0), (0, 1))]
 
 
 def id_bits_for(num_tris: int) -> int:
