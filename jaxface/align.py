@@ -15,7 +15,8 @@ Resampling: PIL is not a dependency, so `resize_crop` re-implements Pillow's
 `Image.resize(..., BICUBIC)` for 8-bit images (antialiasing support scaled by the
 downscale factor, a = -0.5, 22-bit fixed-point coefficients, horizontal then vertical pass
 with an 8-bit intermediate, each pass a sparse band product exact in float64); it
-reproduces Pillow bit for bit and only computes the 224x224 window that the crop keeps. cv2.INTER_CUBIC would differ (no antialiasing when shrinking).
+reproduces Pillow bit for bit and only computes the 224x224 window that the crop keeps.
+cv2.INTER_CUBIC would differ (no antialiasing when shrinking).
 Pillow >= 13 runs the vertical pass first when the height shrinks much more than the width;
 alignment scales both axes alike, where all Pillow versions agree with this code.
 The landmark math follows the reference operation for operation (float32 flip, float64 fit).
