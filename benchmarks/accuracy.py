@@ -93,8 +93,8 @@ def step_comparison(model, scene, repeats: int = 5):
     targets = fit_mod._flip_landmarks(scene.landmarks, camera)
     frags = jax.jit(jax.vmap(lambda m, c: fit_mod._rasterize_face(m, c, camera), in_axes=(None, 0)))(model, coeffs)
     size = round(FitConfig().photo_fraction * camera.image_size**2)
-    samples = jax.jit(lambda m, f, i: fit_mod._samples(m, f, i, size))(model, frags, images)
-    bases = jax.jit(batched.prepare)(model)
+    bases = jax.jit(batched.prepare)(model, batched.photo_region(model))
+    samples = jax.jit(lambda m, b, f, i: fit_mod._samples(m, b, f, i, size))(model, bases, frags, images)
 
     def total(terms, c):
         return jnp.sum(fit_mod._data(terms, w) + fit_mod._own_priors(c, terms["albedo"], w, False))

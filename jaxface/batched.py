@@ -45,14 +45,63 @@ class Faces(NamedTuple):
     uv: tuple
 
 
-class Bases(NamedTuple):
-    """The model's linear parts split by coordinate (`prepare`; built once per fit).
+class Region(NamedTuple):
+    """The part of the mesh the photometric stage reads (`photo_region`; static sizes).
 
-    shape: f32[3, V, 144]   identity | expression basis of x, y, z
-    mean_shape: f32[3, V]
-    albedo: f32[3, V, 80]   albedo basis of r, g, b, 0-1 units
-    mean_albedo: f32[3, V]
-    mesh: Mesh              triangles with the index tables of the normals' backward pass
+    vertices: i32[P]       model vertex ids kept: every corner of a triangle that touches
+                           the photometric region (the region's normals need them), the
+                           keypoints and the skin (albedo regularizer)
+    local: i32[V]          model vertex id -> row of `vertices` (P where not kept)
+    tris: i32[N, 3]        the triangles touching the region, in local vertex ids
+    point_buf: i32[P, Q]   each kept vertex's kept triangles (rows of `tris`), padded with N
+    """
+
+    vertices: jnp.ndarray
+    local: jnp.ndarray
+    tris: jnp.ndarray
+    point_buf: jnp.ndarray
+
+
+def photo_region(model: FaceModel) -> Region:
+    """`Region` of a model: the region is the triangles with all corners in
+    `front_mask_idx` (as the fitting loss mask). Vertex normals are exact on the region's
+    vertices (their whole one-ring is kept) and partial on the outer ring, where nothing
+    reads them. Built with numpy from a concrete model (about 20% of the vertices and
+    triangles of the BFM front model drop out); a traced model keeps the whole mesh."""
+    if any(isinstance(x, jax.core.Tracer) for x in (model.tris, model.point_buf, model.front_mask_idx)):
+        ids = jnp.arange(model.num_vertices, dtype=jnp.int32)
+        return Region(ids, ids, model.tris, model.point_buf)
+    tris, point_buf = np.asarray(model.tris), np.asarray(model.point_buf)
+    num_verts, num_tris = len(point_buf), len(tris)
+    in_front = np.zeros(num_verts, bool)
+    in_front[np.asarray(model.front_mask_idx)] = True
+    region = np.zeros(num_verts, bool)
+    region[tris[in_front[tris].all(axis=1)].reshape(-1)] = True
+    touching = region[tris].any(axis=1)
+    kept = np.asarray(model.skin_mask) > 0
+    kept[tris[touching].reshape(-1)] = True
+    kept[np.asarray(model.keypoints)] = True
+    vertices = np.flatnonzero(kept)
+    local = np.full(num_verts, len(vertices), np.int64)
+    local[vertices] = np.arange(len(vertices))
+    kept_tris = np.flatnonzero(touching)
+    tri_local = np.full(num_tris + 1, len(kept_tris), np.int64)  # padding id T -> N too
+    tri_local[kept_tris] = np.arange(len(kept_tris))
+    as_i32 = lambda a: jnp.asarray(a, jnp.int32)  # noqa: E731
+    return Region(as_i32(vertices), as_i32(local), as_i32(local[tris[kept_tris]]), as_i32(tri_local[point_buf[vertices]]))
+
+
+class Bases(NamedTuple):
+    """The model on a `Region`, split by coordinate (`prepare`; built once per fit).
+
+    shape: f32[3, P, 144]   identity | expression basis of x, y, z
+    mean_shape: f32[3, P]
+    albedo: f32[3, P, 80]   albedo basis of r, g, b, 0-1 units
+    mean_albedo: f32[3, P]
+    mesh: Mesh              the region's triangles with the normals' backward tables
+    keypoints: i32[68]      landmark vertices, local ids
+    skin_mask: f32[P]
+    local: i32[V]           model vertex id -> local id (`Region.local`)
     """
 
     shape: jnp.ndarray
@@ -60,18 +109,26 @@ class Bases(NamedTuple):
     albedo: jnp.ndarray
     mean_albedo: jnp.ndarray
     mesh: Mesh
+    keypoints: jnp.ndarray
+    skin_mask: jnp.ndarray
+    local: jnp.ndarray
 
 
-def prepare(model: FaceModel) -> Bases:
-    """Per-coordinate bases: each coordinate is then one plain matmul whose backward needs
-    no strided slicing of a [3V, B] product (one copy of the bases, made once)."""
-    shape = jnp.concatenate([model.id_base, model.exp_base], axis=-1)
+def prepare(model: FaceModel, region: Region) -> Bases:
+    """Per-coordinate bases on the region's vertices: each coordinate is then one plain
+    matmul whose backward needs no strided slicing of a [3P, B] product (one copy of the
+    bases, made once)."""
+    v = region.vertices
+    shape = jnp.concatenate([model.id_base[v], model.exp_base[v]], axis=-1)
     return Bases(
         jnp.moveaxis(shape, 1, 0),
-        model.mean_shape.T,
-        jnp.moveaxis(model.tex_base, 1, 0) / 255.0,
-        model.mean_tex.T / 255.0,
-        mesh_tables(model.tris, model.point_buf),
+        model.mean_shape[v].T,
+        jnp.moveaxis(model.tex_base[v], 1, 0) / 255.0,
+        model.mean_tex[v].T / 255.0,
+        mesh_tables(region.tris, region.point_buf),
+        region.local[model.keypoints],
+        model.skin_mask[v],
+        region.local,
     )
 
 
@@ -206,10 +263,10 @@ def _rotate(vec, rot):
     return tuple(sum(rot[:, i, j] * vec[j] for j in range(3)) for i in range(3))
 
 
-def form_faces_vm(model: FaceModel, bases: Bases, coeffs, rot, camera: Camera = Camera()) -> Faces:
-    """`formation.form_face` for a batch, batch minor.
+def form_faces_vm(bases: Bases, coeffs, rot, camera: Camera = Camera()) -> Faces:
+    """`formation.form_face` for a batch, batch minor, on the vertices of `bases`.
 
-    bases: `prepare(model)`; coeffs: `Coeffs` with fields f32[B, n]; rot: f32[B, 3, 3]
+    bases: `prepare(model, region)`; coeffs: `Coeffs` with fields f32[B, n]; rot: f32[B, 3, 3]
     (`formation.rotation_matrix`).
     """
     with jax.named_scope("bases"):  # scopes name the stages in profiles

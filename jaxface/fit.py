@@ -253,7 +253,8 @@ def _run(model, images, landmarks, init, config: FitConfig, camera: Camera, shar
     samples = max(1, round(config.photo_fraction * camera.image_size**2))
     static = _Static(config.landmark_steps, config.photo_steps, config.raster_every, config.light_init, camera, shared, samples)
     hyper = _hyper(config, five_points=landmarks.shape[1] == 5)
-    return _fit_jit(model, images, landmarks, init_c, have_init, hyper, static)
+    region = batched.photo_region(model)
+    return _fit_jit(model, region, images, landmarks, init_c, have_init, hyper, static)
 
 
 def _hyper(config: FitConfig, five_points: bool) -> _Hyper:
@@ -346,27 +347,29 @@ def _region_mask(model: FaceModel, fragments):
     return ((tri_id >= 0) & tri_in[jnp.maximum(tri_id, 0)]).astype(jnp.float32)
 
 
-def _samples(model: FaceModel, fragments, images, size: int) -> batched.Samples:
-    """The photometric region's pixels of each image (at most `size`), batch minor."""
+def _samples(model: FaceModel, bases: batched.Bases, fragments, images, size: int) -> batched.Samples:
+    """The photometric region's pixels of each image (at most `size`), batch minor, with
+    corners in the local vertex ids of `bases` (`batched.prepare`)."""
 
     def one(frag, image):
         keep = _region_mask(model, frag) > 0
         return batched.pixel_samples(frag, model.tris, keep, image, size)
 
-    return batched.batch_samples(*jax.vmap(one)(fragments, images), model.num_vertices)
+    corners, *rest = jax.vmap(one)(fragments, images)
+    return batched.batch_samples(bases.local[corners], *rest, bases.mean_shape.shape[1])
 
 
 def _batch_terms(model, bases: batched.Bases, coeffs: Coeffs, targets, samples: batched.Samples, camera: Camera):
     """`_face_terms` of the photometric stage for a whole batch (each term f32[B]), computed
     batch minor (`jaxface.batched`) on the samples of the last z-buffer refresh."""
-    faces = batched.form_faces_vm(model, bases, coeffs, jax.vmap(rotation_matrix)(coeffs.angle), camera)
+    faces = batched.form_faces_vm(bases, coeffs, jax.vmap(rotation_matrix)(coeffs.angle), camera)
     num = targets.shape[1]
-    lm68 = jnp.stack([c[model.keypoints].T for c in faces.uv], axis=-1)  # [B, 68, 2]
+    lm68 = jnp.stack([c[bases.keypoints].T for c in faces.uv], axis=-1)  # [B, 68, 2]
     landmark = jax.vmap(lambda p, t: losses.landmark_loss(_select_points(p, num), t, _landmark_weights(num)))
     return {
         "photo": batched.photometric_vm(faces.colors, faces.screen, samples),
         "landmark": landmark(lm68, targets),
-        "albedo": batched.albedo_regularizer_vm(faces.albedo, model.skin_mask),
+        "albedo": batched.albedo_regularizer_vm(faces.albedo, bases.skin_mask),
         "gamma": jax.vmap(losses.lighting_regularizer)(coeffs.gamma),
     }
 
@@ -466,7 +469,7 @@ def _expand(params: Coeffs, batch: int) -> Coeffs:
 def _per_image_losses(model, params, targets, valid, photo, hyper: _Hyper, static: _Static):
     """(objective f32[], per-image losses f32[B]) with bad images contributing zero.
 
-    photo: None (landmark stage) or (`batched.prepare(model)`, `batched.Samples` of the last
+    photo: None (landmark stage) or (`batched.prepare(model, region)`, `batched.Samples` of the last
     z-buffer refresh) for the photometric stage.
     """
     batch = targets.shape[0]
@@ -537,7 +540,7 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _run_stage(model, params, images, targets, valid, status, hyper, static, photo: bool):
+def _run_stage(model, region, params, images, targets, valid, status, hyper, static, photo: bool):
     """One stage from `params`: returns (best params, per-image loss at best, history f32[steps, B], status)."""
     steps = static.photo_steps if photo else static.landmark_steps
     rates = hyper.photo_rates if photo else hyper.landmark_rates
@@ -550,12 +553,12 @@ def _run_stage(model, params, images, targets, valid, status, hyper, static, pho
         carry, history = lax.scan(step, carry, jnp.arange(steps))
     else:
         chunk = static.raster_every
-        bases = batched.prepare(model)  # once per fit, outside the step loop
+        bases = batched.prepare(model, region)  # once per fit, outside the step loop
 
         def outer(carry, k):
             coeffs = _expand(carry[0], batch)
             fragments = jax.vmap(lambda c: _rasterize_face(model, c, static.camera))(coeffs)
-            samples = _samples(model, fragments, images, static.photo_samples)
+            samples = _samples(model, bases, fragments, images, static.photo_samples)
             step = _make_step(model, targets, valid, (bases, samples), rates, free, hyper, static, k * chunk, steps)
             return lax.scan(step, carry, jnp.arange(chunk))
 
@@ -572,7 +575,7 @@ def _rasterize_face(model: FaceModel, coeffs: Coeffs, camera: Camera):
     return rasterize(screen_coords(face.uv, face.depth, camera), model.tris, size, size)
 
 
-def _fit_impl(model, images, landmarks, init: Coeffs, have_init, hyper: _Hyper, static: _Static):
+def _fit_impl(model, region: batched.Region, images, landmarks, init: Coeffs, have_init, hyper: _Hyper, static: _Static):
     batch, num = landmarks.shape[:2]
     camera = static.camera
     valid = jnp.all(jnp.isfinite(landmarks), axis=(1, 2)) & jnp.all(jnp.isfinite(images), axis=(1, 2, 3))
@@ -597,7 +600,7 @@ def _fit_impl(model, images, landmarks, init: Coeffs, have_init, hyper: _Hyper, 
     histories = []
     best_img = jnp.zeros(batch)
     if static.landmark_steps:
-        params, best_img, hist, status = _run_stage(model, params, images, targets, valid, status, hyper, static, False)
+        params, best_img, hist, status = _run_stage(model, region, params, images, targets, valid, status, hyper, static, False)
         histories.append(hist)
     if static.photo_steps:
         if static.light_init:
@@ -610,7 +613,7 @@ def _fit_impl(model, images, landmarks, init: Coeffs, have_init, hyper: _Hyper, 
 
             solve = valid & (hyper.photo_free.gamma > 0)
             params = params._replace(gamma=jax.vmap(light)(coeffs, images, solve))
-        params, best_img, hist, status = _run_stage(model, params, images, targets, valid, status, hyper, static, True)
+        params, best_img, hist, status = _run_stage(model, region, params, images, targets, valid, status, hyper, static, True)
         histories.append(hist)
     history = jnp.concatenate(histories, axis=0) if histories else jnp.zeros((0, batch))
     if histories:

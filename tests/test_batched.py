@@ -304,9 +304,9 @@ def photo_case(synthetic_model):
     return m, coeffs, scene.images, _flip_landmarks(scene.landmarks, CAMERA), frags
 
 
-def _terms_vm(model, coeffs, images, targets, frags, size):
-    samples = _samples(model, frags, images, size)
-    return _batch_terms(model, batched.prepare(model), coeffs, targets, samples, CAMERA)
+def _terms_vm(model, region, coeffs, images, targets, frags, size):
+    bases = batched.prepare(model, region)
+    return _batch_terms(model, bases, coeffs, targets, _samples(model, bases, frags, images, size), CAMERA)
 
 
 def _terms_ref(model, coeffs, images, targets, frags):
@@ -331,15 +331,18 @@ def photo_parity(photo_case):
     full = images.shape[1] * images.shape[2]
     half = int(jnp.min(jax.vmap(lambda f: jnp.sum(_region_mask(m, f)))(frags))) // 2
 
+    region = batched.photo_region(m)  # concrete: the restricted mesh the fit uses
+    assert region.vertices.shape[0] < 0.85 * m.num_vertices
+
     @jax.jit
-    def batch_path(model, coeffs, images, targets, frags):
-        terms = _with_jacobian(lambda c, *a: _terms_vm(model, c, *a, full), coeffs, images, targets, frags)
-        thin = _samples(model, frags, images, half)
-        photo = _terms_vm(model, coeffs, images, targets, frags, half)["photo"]
+    def batch_path(model, region, coeffs, images, targets, frags):
+        terms = _with_jacobian(lambda c, *a: _terms_vm(model, region, c, *a, full), coeffs, images, targets, frags)
+        thin = _samples(model, batched.prepare(model, region), frags, images, half)
+        photo = _terms_vm(model, region, coeffs, images, targets, frags, half)["photo"]
         return terms, photo, jnp.sum(thin.weight > 0, axis=0), jnp.sum(thin.weight, axis=0)
 
     reference = jax.jit(lambda model, c, *a: _with_jacobian(lambda c, *a: _terms_ref(model, c, *a), c, *a))
-    vm, thin_photo, taken, weight_sum = batch_path(m, coeffs, images, targets, frags)
+    vm, thin_photo, taken, weight_sum = batch_path(m, region, coeffs, images, targets, frags)
     return vm, reference(m, coeffs, images, targets, frags), (half, thin_photo, taken, weight_sum)
 
 
