@@ -94,9 +94,9 @@ def photo_region(model: FaceModel) -> Region:
 class Bases(NamedTuple):
     """The model on a `Region`, split by coordinate (`prepare`; built once per fit).
 
-    shape: f32[3, P, 144]   identity | expression basis of x, y, z
+    shape: 3 x f32[P, 144]  identity | expression basis of x, y, z
     mean_shape: f32[3, P]
-    albedo: f32[3, P, 80]   albedo basis of r, g, b, 0-1 units
+    albedo: 3 x f32[P, 80]  albedo basis of r, g, b, 0-1 units
     mean_albedo: f32[3, P]
     mesh: Mesh              the region's triangles with the normals' backward tables
     keypoints: i32[68]      landmark vertices, local ids
@@ -117,13 +117,14 @@ class Bases(NamedTuple):
 def prepare(model: FaceModel, region: Region) -> Bases:
     """Per-coordinate bases on the region's vertices: each coordinate is then one plain
     matmul whose backward needs no strided slicing of a [3P, B] product (one copy of the
-    bases, made once)."""
+    bases, made once). Separate arrays, not one [3, P, K]: XLA:CPU copies a slice of the
+    stacked array before each product (3 products 6.9 -> 29.8 ms at P = 29,100)."""
     v = region.vertices
     shape = jnp.concatenate([model.id_base[v], model.exp_base[v]], axis=-1)
     return Bases(
-        jnp.moveaxis(shape, 1, 0),
+        tuple(shape[:, i] for i in range(3)),
         model.mean_shape[v].T,
-        jnp.moveaxis(model.tex_base[v], 1, 0) / 255.0,
+        tuple(model.tex_base[v, i] / 255.0 for i in range(3)),
         model.mean_tex[v].T / 255.0,
         mesh_tables(region.tris, region.point_buf),
         region.local[model.keypoints],
@@ -159,7 +160,7 @@ def mesh_tables(tris, point_buf) -> Mesh:
 
 
 def _linear(mean, basis, coeffs):
-    """mean f32[3, V] + basis f32[3, V, K] @ coeffs f32[B, K]: three f32[V, B]."""
+    """mean f32[3, V] + basis (3 x f32[V, K]) @ coeffs f32[B, K]: three f32[V, B]."""
     return tuple(mean[i][:, None] + basis[i] @ coeffs.T for i in range(3))
 
 
