@@ -77,7 +77,7 @@ def timed(fn, *args, **kwargs):
     return out, first, time.perf_counter() - t0
 
 
-def step_comparison(model, scene, repeats: int = 5):
+def step_comparison(model, scene, photo_fraction: float, repeats: int = 5):
     """ms/face of one photometric-stage objective + gradient at the scene's batch size: the
     batch-minor path `fit` runs (`jaxface.batched`) against the per-face reference (vmapped
     `fit._face_terms`, the renderer's `interpolate` over the whole crop), alternating in one
@@ -92,7 +92,7 @@ def step_comparison(model, scene, repeats: int = 5):
     images = jnp.asarray(scene.images, jnp.float32) / 255.0 if scene.images.dtype == jnp.uint8 else scene.images
     targets = fit_mod._flip_landmarks(scene.landmarks, camera)
     frags = jax.jit(jax.vmap(lambda m, c: fit_mod._rasterize_face(m, c, camera), in_axes=(None, 0)))(model, coeffs)
-    size = round(FitConfig().photo_fraction * camera.image_size**2)
+    size = round(photo_fraction * camera.image_size**2)
     bases = jax.jit(batched.prepare)(model, batched.photo_region(model))
     samples = jax.jit(lambda m, b, f, i: fit_mod._samples(m, b, f, i, size))(model, bases, frags, images)
 
@@ -131,6 +131,7 @@ def main():
     parser.add_argument("--landmark-steps", type=int, default=100)
     parser.add_argument("--photo-steps", type=int, default=100)
     parser.add_argument("--raster-every", type=int, default=10)
+    parser.add_argument("--photo-fraction", type=float, default=FitConfig().photo_fraction)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--speed-batch", type=int, default=16, help="batch size of the speed target (0: skip)")
     args = parser.parse_args()
@@ -142,7 +143,12 @@ def main():
     views = make_scene(model, key_views, args.views, scene_cfg, shared_identity=True)
 
     lm_cfg = FitConfig(landmark_steps=args.landmark_steps, photo_steps=0)
-    cfg = FitConfig(landmark_steps=args.landmark_steps, photo_steps=args.photo_steps, raster_every=args.raster_every)
+    cfg = FitConfig(
+        landmark_steps=args.landmark_steps,
+        photo_steps=args.photo_steps,
+        raster_every=args.raster_every,
+        photo_fraction=args.photo_fraction,
+    )
 
     lm_fit, lm_first, lm_sec = timed(fit, model, faces.images, faces.landmarks, config=lm_cfg)
     ph_fit, ph_first, ph_sec = timed(fit, model, faces.images, faces.landmarks, config=cfg)
@@ -178,7 +184,7 @@ def main():
             "photometric_per_100_steps": round((ph_b - lm_b) / args.speed_batch * 100 / max(args.photo_steps, 1), 3),
             "photometric_fit": round(ph_b / args.speed_batch, 3),
             "compile_s": round(ph_first_b - ph_b, 1),
-            "step_ms_per_face": step_comparison(model, many),
+            "step_ms_per_face": step_comparison(model, many, args.photo_fraction),
         }
     result = {
         "benchmark": "accuracy",
@@ -188,6 +194,7 @@ def main():
         "landmark_steps": args.landmark_steps,
         "photo_steps": args.photo_steps,
         "raster_every": args.raster_every,
+        "photo_fraction": args.photo_fraction,
         "landmark_noise_px": scene_cfg.landmark_noise_px,
         "mean_error_mm": mean,
         "neutral_identity_error_mm": neutral,

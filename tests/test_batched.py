@@ -178,6 +178,35 @@ def test_point_buf_is_complete_rejects_duplicates():
     assert not batched.point_buf_is_complete(tris, dup)
 
 
+def test_photo_region_keeps_what_the_loss_reads_with_exact_normals(synthetic_model, full_normals):
+    m = synthetic_model
+    region = batched.photo_region(m)
+    verts, local = np.asarray(region.vertices), np.asarray(region.local)
+    tris = np.asarray(m.tris)
+    num_kept = len(verts)
+    assert 0.6 * m.num_vertices < num_kept < 0.85 * m.num_vertices
+    np.testing.assert_array_equal(local[verts], np.arange(num_kept))
+    assert np.sum(local < num_kept) == num_kept  # every other vertex maps to the padding id
+    in_front = np.zeros(m.num_vertices, bool)
+    in_front[np.asarray(m.front_mask_idx)] = True
+    region_verts = np.unique(tris[in_front[tris].all(axis=1)])
+    for needed in (region_verts, np.asarray(m.keypoints), np.flatnonzero(np.asarray(m.skin_mask) > 0)):
+        assert np.all(local[needed] < num_kept)
+    # The kept triangles are the model's (in local ids) and the sub-mesh passes the VJP's check.
+    sub_tris = np.asarray(region.tris)
+    assert set(map(tuple, verts[sub_tris])) <= set(map(tuple, tris))
+    assert batched.point_buf_is_complete(sub_tris, region.point_buf)
+    # Normals on the sub-mesh equal the full model's on every region vertex.
+    rng = np.random.default_rng(0)  # the shapes of `full_normals`
+    shapes = jnp.asarray(m.mean_shape[None] + 1e-3 * rng.normal(size=(3, *m.mean_shape.shape)), jnp.float32)
+    sub = jax.jit(_normals_vm)(shapes[:, verts], region.tris, region.point_buf)
+    _, ref, _, _ = full_normals
+    np.testing.assert_allclose(sub[:, local[region_verts]], ref[:, region_verts], atol=1e-5)
+    # A traced model (fit under an outer jit) keeps the whole mesh.
+    traced = jax.eval_shape(batched.photo_region, m)
+    assert traced.vertices.shape == (m.num_vertices,) and traced.tris.shape == m.tris.shape
+
+
 # ----------------------------------------------------------------------------- pixel samples
 
 H, W = 10, 12
