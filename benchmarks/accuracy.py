@@ -94,7 +94,7 @@ def step_comparison(model, scene, photo_fraction: float, repeats: int = 5):
     frags = jax.jit(jax.vmap(lambda m, c: fit_mod._rasterize_face(m, c, camera), in_axes=(None, 0)))(model, coeffs)
     size = round(photo_fraction * camera.image_size**2)
     bases = jax.jit(batched.prepare)(model, batched.photo_region(model))
-    samples = jax.jit(lambda m, b, f, i: fit_mod._samples(m, b, f, i, size))(model, bases, frags, images)
+    samples = jax.jit(lambda m, b, f, i: fit_mod._samples(m, b, f, i, size))(model, bases, frags.tri_id, images)
 
     def total(terms, c):
         return jnp.sum(fit_mod._data(terms, w) + fit_mod._own_priors(c, terms["albedo"], w, False))

@@ -27,7 +27,7 @@ from jaxface.camera import Camera
 from jaxface.losses import PHOTO_EPS
 from jaxface.formation import AMBIENT_OFFSET, sh_terms
 from jaxface.model.face_model import FaceModel
-from jaxface.render.rasterize import NEAR, Fragments, edge_functions
+from jaxface.render.rasterize import NEAR, edge_functions
 
 
 class Faces(NamedTuple):
@@ -49,17 +49,19 @@ class Region(NamedTuple):
     """The part of the mesh the photometric stage reads (`photo_region`; static sizes).
 
     vertices: i32[P]       model vertex ids kept: every corner of a triangle that touches
-                           the photometric region (the region's normals need them), the
-                           keypoints and the skin (albedo regularizer)
+                           the photometric region (the region's normals need them) and
+                           the keypoints
     local: i32[V]          model vertex id -> row of `vertices` (P where not kept)
     tris: i32[N, 3]        the triangles touching the region, in local vertex ids
     point_buf: i32[P, Q]   each kept vertex's kept triangles (rows of `tris`), padded with N
+    skin: i32[S]           model vertex ids of the skin (`albedo_prior`)
     """
 
     vertices: jnp.ndarray
     local: jnp.ndarray
     tris: jnp.ndarray
     point_buf: jnp.ndarray
+    skin: jnp.ndarray
 
 
 def photo_region(model: FaceModel) -> Region:
@@ -70,7 +72,7 @@ def photo_region(model: FaceModel) -> Region:
     triangles of the BFM front model drop out); a traced model keeps the whole mesh."""
     if any(isinstance(x, jax.core.Tracer) for x in (model.tris, model.point_buf, model.front_mask_idx)):
         ids = jnp.arange(model.num_vertices, dtype=jnp.int32)
-        return Region(ids, ids, model.tris, model.point_buf)
+        return Region(ids, ids, model.tris, model.point_buf, ids)
     tris, point_buf = np.asarray(model.tris), np.asarray(model.point_buf)
     num_verts, num_tris = len(point_buf), len(tris)
     in_front = np.zeros(num_verts, bool)
@@ -78,7 +80,7 @@ def photo_region(model: FaceModel) -> Region:
     region = np.zeros(num_verts, bool)
     region[tris[in_front[tris].all(axis=1)].reshape(-1)] = True
     touching = region[tris].any(axis=1)
-    kept = np.asarray(model.skin_mask) > 0
+    kept = np.zeros(num_verts, bool)
     kept[tris[touching].reshape(-1)] = True
     kept[np.asarray(model.keypoints)] = True
     vertices = np.flatnonzero(kept)
@@ -88,7 +90,13 @@ def photo_region(model: FaceModel) -> Region:
     tri_local = np.full(num_tris + 1, len(kept_tris), np.int64)  # padding id T -> N too
     tri_local[kept_tris] = np.arange(len(kept_tris))
     as_i32 = lambda a: jnp.asarray(a, jnp.int32)  # noqa: E731
-    return Region(as_i32(vertices), as_i32(local), as_i32(local[tris[kept_tris]]), as_i32(tri_local[point_buf[vertices]]))
+    return Region(
+        as_i32(vertices),
+        as_i32(local),
+        as_i32(local[tris[kept_tris]]),
+        as_i32(tri_local[point_buf[vertices]]),
+        as_i32(np.flatnonzero(np.asarray(model.skin_mask) != 0)),
+    )
 
 
 class Bases(NamedTuple):
@@ -100,7 +108,7 @@ class Bases(NamedTuple):
     mean_albedo: f32[3, P]
     mesh: Mesh              the region's triangles with the normals' backward tables
     keypoints: i32[68]      landmark vertices, local ids
-    skin_mask: f32[P]
+    albedo_prior: AlbedoPrior
     local: i32[V]           model vertex id -> local id (`Region.local`)
     """
 
@@ -110,7 +118,7 @@ class Bases(NamedTuple):
     mean_albedo: jnp.ndarray
     mesh: Mesh
     keypoints: jnp.ndarray
-    skin_mask: jnp.ndarray
+    albedo_prior: AlbedoPrior
     local: jnp.ndarray
 
 
@@ -128,9 +136,38 @@ def prepare(model: FaceModel, region: Region) -> Bases:
         model.mean_tex[v].T / 255.0,
         mesh_tables(region.tris, region.point_buf),
         region.local[model.keypoints],
-        model.skin_mask[v],
+        albedo_prior(model, region.skin),
         region.local,
     )
+
+
+class AlbedoPrior(NamedTuple):
+    """`losses.albedo_regularizer` as a quadratic form of the albedo coefficients t:
+    (const + 2 lin . t + t^T gram t) / total. gram: f32[80, 80]; lin: f32[80]; const,
+    total: f32[]."""
+
+    gram: jnp.ndarray
+    lin: jnp.ndarray
+    const: jnp.ndarray
+    total: jnp.ndarray
+
+
+def albedo_prior(model: FaceModel, skin) -> AlbedoPrior:
+    """The regularizer's form from the skin rows (skin: i32[S] vertex ids with every
+    nonzero of `skin_mask`). The albedo is linear in t, so its skin variance is quadratic:
+    the steps then need no per-vertex pass for it."""
+    m = model.skin_mask[skin]
+    total = jnp.sum(m)
+    basis = model.tex_base[skin] / 255.0  # [S, 3, 80]
+    mean = model.mean_tex[skin] / 255.0  # [S, 3]
+    # Centred on the weighted skin mean; the reference squares (a - mean) * m.
+    centred_basis = basis - jnp.sum(basis * m[:, None, None], axis=0) / total
+    centred_mean = mean - jnp.sum(mean * m[:, None], axis=0) / total
+    w = (m * m)[:, None]
+    hi = jax.lax.Precision.HIGHEST
+    gram = sum(jnp.dot(centred_basis[:, c].T, w * centred_basis[:, c], precision=hi) for c in range(3))
+    lin = sum(jnp.dot(centred_basis[:, c].T, w[:, 0] * centred_mean[:, c], precision=hi) for c in range(3))
+    return AlbedoPrior(gram, lin, jnp.sum(w * centred_mean**2), total)
 
 
 class Mesh(NamedTuple):
@@ -293,12 +330,15 @@ def _shade_vm(albedo, normals, gamma):
 
 
 class Samples(NamedTuple):
-    """Up to K pixel samples per image of a batch, fixed at a z-buffer refresh (batch minor).
+    """Up to K pixel samples per image of a batch, fixed at a z-buffer refresh.
 
-    corners: i32[3, K, B]   flat ids b * V + v of the corners of each sample's triangle
-    px, py: f32[K, B]       sample position (column, top-down row)
-    target: f32[3, K, B]    the image's colour there (r, g, b)
-    weight: f32[K, B]       1 / (samples of that image) on real samples, 0 on padding
+    Image-major, unlike the vertex tables: consecutive samples are neighbouring pixels of
+    one image, so their gathers and scatter-adds stay within that image's table.
+
+    corners: i32[3, B, K]   flat ids b * V + v of the corners of each sample's triangle
+    px, py: f32[B, K]       sample position (column, top-down row)
+    target: f32[3, B, K]    the image's colour there (r, g, b)
+    weight: f32[B, K]       1 / (samples of that image) on real samples, 0 on padding
     """
 
     corners: jnp.ndarray
@@ -308,16 +348,16 @@ class Samples(NamedTuple):
     weight: jnp.ndarray
 
 
-def pixel_samples(fragments: Fragments, tris, keep, image, size: int):
+def pixel_samples(tri_id, tris, keep, image, size: int):
     """Samples of ONE image (batch first; see `batch_samples`): the `keep` pixels.
 
-    fragments: z-buffer of the image; keep: bool[H, W] pixels to sample (a subset of the
+    tri_id: i32[H, W] z-buffer of the image (`Fragments.tri_id`); keep: bool[H, W] pixels to sample (a subset of the
     covered ones); image: f32[H, W, 3]. When more than `size` pixels are kept, `size` of
     them are taken evenly in raster order (the loss is a mean, so this is an unbiased
     thinning). Returns (corners i32[K, 3] vertex ids, px, py, target f32[K, 3], weight)
     with K = size.
     """
-    height, width = fragments.tri_id.shape
+    height, width = tri_id.shape
     flat = keep.reshape(-1)
     count = jnp.sum(flat)
     rank = jnp.cumsum(flat) - 1.0
@@ -326,22 +366,22 @@ def pixel_samples(fragments: Fragments, tris, keep, image, size: int):
     chosen = flat & (jnp.floor(rank * step) > jnp.floor((rank - 1) * step))
     (pix,) = jnp.nonzero(chosen, size=size, fill_value=0)
     real = jnp.arange(size) < jnp.sum(chosen)
-    tri = jnp.maximum(fragments.tri_id.reshape(-1)[pix], 0)
+    tri = jnp.maximum(tri_id.reshape(-1)[pix], 0)
     weight = real / jnp.maximum(jnp.sum(real), 1)
     target = image.reshape(-1, 3)[pix]
     return tris[tri], (pix % width).astype(jnp.float32), (pix // width).astype(jnp.float32), target, weight
 
 
 def batch_samples(corners, px, py, target, weight, num_vertices: int) -> Samples:
-    """Stack `pixel_samples` outputs of B images (leading B axes) into batch-minor `Samples`."""
+    """Stack `pixel_samples` outputs of B images (leading B axes) into `Samples`."""
     batch = corners.shape[0]
-    flat = jnp.moveaxis(corners, (0, 2), (2, 0)) + num_vertices * jnp.arange(batch, dtype=corners.dtype)
-    return Samples(flat, px.T, py.T, jnp.moveaxis(target, (0, 2), (2, 0)), weight.T)
+    flat = jnp.moveaxis(corners, 2, 0) + num_vertices * jnp.arange(batch, dtype=corners.dtype)[:, None]
+    return Samples(flat, px, py, jnp.moveaxis(target, 2, 0), weight)
 
 
 @jax.named_scope("samples")
 def interpolate_samples(channels, screen, samples: Samples):
-    """Perspective-correct interpolation at the samples: one f32[K, B] per channel.
+    """Perspective-correct interpolation at the samples: one f32[B, K] per channel.
 
     channels: tuple of f32[V, B] vertex values; screen: (x, y, 1/z) each f32[V, B].
     """
@@ -359,7 +399,7 @@ def interpolate_samples(channels, screen, samples: Samples):
 def _blend(corners, values, px, py, valid):
     """sum_k bary_k * values[c][k] per channel c, bary as in `perspective_barycentrics`.
 
-    corners: ((x_k), (y_k), (1/z_k)) and values: per channel (v_k), each f32[K, B]. The
+    corners: ((x_k), (y_k), (1/z_k)) and values: per channel (v_k), each f32[B, K]. The
     hand-written backward computes the shared intermediates once: autodiff lets XLA
     recompute them inside each of the 3 * (3 + C) scatter-add operands.
     """
@@ -401,15 +441,10 @@ def photometric_vm(colors, screen, samples: Samples, eps: float = PHOTO_EPS):
     """Per-image photometric loss f32[B] (losses.photometric_loss on the samples)."""
     rendered = interpolate_samples(colors, screen, samples)
     sq = sum((jnp.clip(r, 0.0, 1.0) - samples.target[c]) ** 2 for c, r in enumerate(rendered))
-    return jnp.sum(jnp.sqrt(eps + sq) * samples.weight, axis=0)
+    return jnp.sum(jnp.sqrt(eps + sq) * samples.weight, axis=1)
 
 
-def albedo_regularizer_vm(albedo, skin_mask):
-    """Per-image `losses.albedo_regularizer` f32[B] of albedo (three f32[V, B])."""
-    m = skin_mask[:, None]
-    total = jnp.sum(skin_mask)
-    out = 0.0
-    for a in albedo:
-        mean = jnp.sum(a * m, axis=0) / total
-        out = out + jnp.sum(((a - mean) * m) ** 2, axis=0)
-    return out / total
+def albedo_regularizer_vm(prior: AlbedoPrior, tex):
+    """Per-image `losses.albedo_regularizer` f32[B] from the albedo coefficients tex f32[B, 80]."""
+    quad = jnp.sum((tex @ prior.gram) * tex, axis=-1)
+    return (prior.const + 2.0 * tex @ prior.lin + quad) / prior.total

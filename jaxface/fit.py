@@ -63,6 +63,7 @@ from jaxface.formation import (
 from jaxface.losses import LossWeights
 from jaxface.model.face_model import FaceModel
 from jaxface.render import interpolate, rasterize
+from jaxface.render.rasterize import triangle_ids
 
 GROUPS = tuple(name for name, _ in LAYOUT)
 
@@ -341,23 +342,22 @@ def _keypoint_landmarks(model: FaceModel, coeffs: Coeffs, camera: Camera):
     return uv
 
 
-def _region_mask(model: FaceModel, fragments):
-    """f32[S, S]: 1 where the visible triangle lies in the photometric (front) region."""
+def _region_mask(model: FaceModel, tri_id):
+    """f32[S, S]: 1 where the visible triangle (z-buffer tri_id i32[S, S]) lies in the photometric region."""
     in_region = jnp.zeros(model.num_vertices, bool).at[model.front_mask_idx].set(True)
     tri_in = jnp.all(in_region[model.tris], axis=1)
-    tri_id = fragments.tri_id
     return ((tri_id >= 0) & tri_in[jnp.maximum(tri_id, 0)]).astype(jnp.float32)
 
 
-def _samples(model: FaceModel, bases: batched.Bases, fragments, images, size: int) -> batched.Samples:
-    """The photometric region's pixels of each image (at most `size`), batch minor, with
+def _samples(model: FaceModel, bases: batched.Bases, tri_ids, images, size: int) -> batched.Samples:
+    """The photometric region's pixels of each image (at most `size`) as `batched.Samples`, with
     corners in the local vertex ids of `bases` (`batched.prepare`)."""
 
-    def one(frag, image):
-        keep = _region_mask(model, frag) > 0
-        return batched.pixel_samples(frag, model.tris, keep, image, size)
+    def one(tri_id, image):
+        keep = _region_mask(model, tri_id) > 0
+        return batched.pixel_samples(tri_id, model.tris, keep, image, size)
 
-    corners, *rest = jax.vmap(one)(fragments, images)
+    corners, *rest = jax.vmap(one)(tri_ids, images)
     return batched.batch_samples(bases.local[corners], *rest, bases.mean_shape.shape[1])
 
 
@@ -371,7 +371,7 @@ def _batch_terms(model, bases: batched.Bases, coeffs: Coeffs, targets, samples: 
     return {
         "photo": batched.photometric_vm(faces.colors, faces.screen, samples),
         "landmark": landmark(lm68, targets),
-        "albedo": batched.albedo_regularizer_vm(faces.albedo, bases.skin_mask),
+        "albedo": batched.albedo_regularizer_vm(bases.albedo_prior, coeffs.tex),
         "gamma": jax.vmap(losses.lighting_regularizer)(coeffs.gamma),
     }
 
@@ -383,7 +383,7 @@ def _face_terms(model, coeffs, image, target, fragments, camera, photo: bool):
         face = form_face(model, coeffs, camera)
         verts = screen_coords(face.uv, face.depth, camera)
         rendered = jnp.clip(interpolate(face.colors, fragments, model.tris, verts), 0.0, 1.0)
-        mask = lax.stop_gradient(_region_mask(model, fragments))
+        mask = lax.stop_gradient(_region_mask(model, fragments.tri_id))
         photo_term = losses.photometric_loss(rendered, image, mask)
         lm68, albedo_term = face.landmarks, losses.albedo_regularizer(face.albedo, model.skin_mask)
     else:
@@ -452,7 +452,7 @@ def _solve_light(model: FaceModel, coeffs: Coeffs, image, fragments, camera: Cam
     basis = sh_basis(face.normals)  # [V, 9]
     feats = (face.albedo[:, :, None] * basis[:, None, :]).reshape(-1, 27)  # [V, 3*9]
     pix = interpolate(feats, fragments, model.tris, verts).reshape(-1, 3, 9)
-    mask = _region_mask(model, fragments).reshape(-1, 1)
+    mask = _region_mask(model, fragments.tri_id).reshape(-1, 1)
     rhs = image.reshape(-1, 3) - AMBIENT_OFFSET * pix[:, :, 0]
     a = pix * mask[:, :, None]
     gram = jnp.einsum("pck,pcl->ckl", a, pix)  # [3, 9, 9]
@@ -559,8 +559,8 @@ def _run_stage(model, region, params, images, targets, valid, status, hyper, sta
 
         def outer(carry, k):
             coeffs = _expand(carry[0], batch)
-            fragments = jax.vmap(lambda c: _rasterize_face(model, c, static.camera))(coeffs)
-            samples = _samples(model, bases, fragments, images, static.photo_samples)
+            tri_ids = jax.vmap(lambda c: _triangle_ids(model, c, static.camera))(coeffs)
+            samples = _samples(model, bases, tri_ids, images, static.photo_samples)
             step = _make_step(model, targets, valid, (bases, samples), rates, free, hyper, static, k * chunk, steps)
             return lax.scan(step, carry, jnp.arange(chunk))
 
@@ -568,6 +568,15 @@ def _run_stage(model, region, params, images, targets, valid, status, hyper, sta
         history = history.reshape(steps, batch)
     _, _, best, _, best_img, status = carry
     return best, best_img, history, status
+
+
+def _triangle_ids(model: FaceModel, coeffs: Coeffs, camera: Camera):
+    """The z-buffer alone (i32[S, S] triangle ids) of one face: posed positions only, no
+    normals, shading or barycentrics (what each refresh of the photometric stage needs)."""
+    shape = face_shape(model, coeffs.id, coeffs.exp)
+    uv, depth = project(rigid_transform(shape, rotation_matrix(coeffs.angle), coeffs.trans), camera)
+    size = camera.image_size
+    return triangle_ids(screen_coords(uv, depth, camera), model.tris, size, size)
 
 
 def _rasterize_face(model: FaceModel, coeffs: Coeffs, camera: Camera):

@@ -18,7 +18,7 @@ from conftest import grid_mesh
 from jaxface import batched, formation
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
-from jaxface.fit import _batch_terms, _face_terms, _flip_landmarks, _rasterize_face, _region_mask, _samples
+from jaxface.fit import _batch_terms, _face_terms, _flip_landmarks, _rasterize_face, _region_mask, _samples, _triangle_ids
 from jaxface.render import interpolate
 from jaxface.render.rasterize import Fragments
 from jaxface.synth_data import SceneConfig, make_scene
@@ -190,8 +190,9 @@ def test_photo_region_keeps_what_the_loss_reads_with_exact_normals(synthetic_mod
     in_front = np.zeros(m.num_vertices, bool)
     in_front[np.asarray(m.front_mask_idx)] = True
     region_verts = np.unique(tris[in_front[tris].all(axis=1)])
-    for needed in (region_verts, np.asarray(m.keypoints), np.flatnonzero(np.asarray(m.skin_mask) > 0)):
+    for needed in (region_verts, np.asarray(m.keypoints)):
         assert np.all(local[needed] < num_kept)
+    np.testing.assert_array_equal(region.skin, np.flatnonzero(np.asarray(m.skin_mask) != 0))
     # The kept triangles are the model's (in local ids) and the sub-mesh passes the VJP's check.
     sub_tris = np.asarray(region.tris)
     assert set(map(tuple, verts[sub_tris])) <= set(map(tuple, tris))
@@ -244,7 +245,7 @@ def test_pixel_samples_lists_every_kept_pixel_once():
     tris, _, frag = _screen_grid(rng)
     keep = _keep(rng, frag.tri_id, 50)
     image = rng.random((H, W, 3)).astype(np.float32)
-    corners, px, py, target, weight = _pixel_samples(frag, jnp.asarray(tris), jnp.asarray(keep), jnp.asarray(image), 64)
+    corners, px, py, target, weight = _pixel_samples(frag.tri_id, jnp.asarray(tris), jnp.asarray(keep), jnp.asarray(image), 64)
     assert corners.shape == (64, 3) and corners.dtype == jnp.int32
     assert px.shape == py.shape == weight.shape == (64,) and target.shape == (64, 3)
     real = np.asarray(weight) > 0
@@ -264,7 +265,7 @@ def test_pixel_samples_thins_evenly():
     image = jnp.asarray(rng.random((H, W, 3)), jnp.float32)
     kept = np.flatnonzero(keep)
     for size, expect in ((30, kept[0::2]), (20, kept[0::3]), (60, kept)):  # first of each bucket
-        _, px, py, _, weight = _pixel_samples(frag, jnp.asarray(tris), jnp.asarray(keep), image, size)
+        _, px, py, _, weight = _pixel_samples(frag.tri_id, jnp.asarray(tris), jnp.asarray(keep), image, size)
         assert weight.shape == (size,)
         np.testing.assert_allclose(weight, 1 / size, rtol=1e-6)  # exactly `size` real samples
         np.testing.assert_array_equal(np.asarray(py) * W + np.asarray(px), expect)
@@ -275,7 +276,7 @@ def test_pixel_samples_takes_exactly_size_when_thinning():
     rng = np.random.default_rng(5)
     tris, _, frag = _screen_grid(rng)
     keep = _keep(rng, frag.tri_id, 41)
-    _, _, _, _, weight = _pixel_samples(frag, jnp.asarray(tris), jnp.asarray(keep), jnp.zeros((H, W, 3)), 1)
+    _, _, _, _, weight = _pixel_samples(frag.tri_id, jnp.asarray(tris), jnp.asarray(keep), jnp.zeros((H, W, 3)), 1)
     assert float(jnp.sum(weight)) == 1.0  # 41 kept pixels, size 1: one sample (float32 once took none)
 
 
@@ -290,30 +291,30 @@ def test_batch_samples_layout_and_interpolation():
     frags = jax.tree.map(lambda *x: jnp.stack(x), *[f for _, _, f in cases])
     keeps = jnp.asarray(np.stack([_keep(rng, f.tri_id, n) for (_, _, f), n in zip(cases, (30, 40, 55))]))
     images = jnp.asarray(rng.random((batch, H, W, 3)), jnp.float32)
-    per_image = jax.jit(jax.vmap(lambda f, k, im: batched.pixel_samples(f, tris, k, im, size)))(frags, keeps, images)
+    per_image = jax.jit(jax.vmap(lambda f, k, im: batched.pixel_samples(f.tri_id, tris, k, im, size)))(frags, keeps, images)
     s = jax.jit(batched.batch_samples, static_argnums=5)(*per_image, num_verts)
 
-    assert s.corners.shape == (3, size, batch) and s.corners.dtype == jnp.int32
+    assert s.corners.shape == (3, batch, size) and s.corners.dtype == jnp.int32
     for x in (s.px, s.py, s.weight):
-        assert x.shape == (size, batch) and x.dtype == jnp.float32
-    assert s.target.shape == (3, size, batch) and s.target.dtype == jnp.float32
+        assert x.shape == (batch, size) and x.dtype == jnp.float32
+    assert s.target.shape == (3, batch, size) and s.target.dtype == jnp.float32
     b = np.arange(batch)
-    np.testing.assert_array_equal(s.corners, np.moveaxis(np.asarray(per_image[0]), (0, 2), (2, 0)) + num_verts * b)
-    np.testing.assert_array_equal(s.target, np.moveaxis(np.asarray(per_image[3]), (0, 2), (2, 0)))
-    np.testing.assert_array_equal(s.weight, np.asarray(per_image[4]).T)
-    np.testing.assert_allclose(jnp.sum(s.weight, 0), 1.0, rtol=1e-6)
-    np.testing.assert_array_equal(jnp.sum(s.weight > 0, 0), [30, 40, 40])  # the third one thinned
+    np.testing.assert_array_equal(s.corners, np.moveaxis(np.asarray(per_image[0]), 2, 0) + num_verts * b[:, None])
+    np.testing.assert_array_equal(s.target, np.moveaxis(np.asarray(per_image[3]), 2, 0))
+    np.testing.assert_array_equal(s.weight, np.asarray(per_image[4]))
+    np.testing.assert_allclose(jnp.sum(s.weight, 1), 1.0, rtol=1e-6)
+    np.testing.assert_array_equal(jnp.sum(s.weight > 0, 1), [30, 40, 40])  # the third one thinned
 
     colors = rng.random((batch, num_verts, 3)).astype(np.float32)
     screen = (verts[..., 0].T, verts[..., 1].T, 1.0 / verts[..., 2].T)
     got = jax.jit(batched.interpolate_samples)(tuple(colors[..., c].T for c in range(3)), screen, s)
     for i in range(batch):
-        real = np.asarray(s.weight[:, i]) > 0
-        rows, cols = np.asarray(s.py[real, i]).astype(int), np.asarray(s.px[real, i]).astype(int)
+        real = np.asarray(s.weight[i]) > 0
+        rows, cols = np.asarray(s.py[i, real]).astype(int), np.asarray(s.px[i, real]).astype(int)
         want = interpolate(jnp.asarray(colors[i]), jax.tree.map(lambda x: x[i], frags), tris, jnp.asarray(verts[i]))
         for c in range(3):
-            np.testing.assert_allclose(got[c][real, i], want[rows, cols, c], rtol=1e-5, atol=1e-6)
-            np.testing.assert_array_equal(got[c][~real, i], 0.0)  # padding samples interpolate to 0
+            np.testing.assert_allclose(got[c][i, real], want[rows, cols, c], rtol=1e-5, atol=1e-6)
+            np.testing.assert_array_equal(got[c][i, ~real], 0.0)  # padding samples interpolate to 0
 
 
 # ----------------------------------------------------------------------------- photometric stage
@@ -333,9 +334,17 @@ def photo_case(synthetic_model):
     return m, coeffs, scene.images, _flip_landmarks(scene.landmarks, CAMERA), frags
 
 
+def test_refresh_z_buffer_matches_the_renderer(photo_case):
+    """The fit's refresh rasterizes posed positions alone; same ids as the full renderer."""
+    m, coeffs, _, _, frags = photo_case
+    ids = jax.jit(jax.vmap(_triangle_ids, in_axes=(None, 0, None)), static_argnums=2)(m, coeffs, CAMERA)
+    assert ids.dtype == jnp.int32 and float(jnp.mean(ids >= 0)) > 0.2
+    np.testing.assert_array_equal(ids, frags.tri_id)
+
+
 def _terms_vm(model, region, coeffs, images, targets, frags, size):
     bases = batched.prepare(model, region)
-    return _batch_terms(model, bases, coeffs, targets, _samples(model, bases, frags, images, size), CAMERA)
+    return _batch_terms(model, bases, coeffs, targets, _samples(model, bases, frags.tri_id, images, size), CAMERA)
 
 
 def _terms_ref(model, coeffs, images, targets, frags):
@@ -358,7 +367,7 @@ def photo_parity(photo_case):
     photometric term and sample counts at half the smallest region (one compile per path)."""
     m, coeffs, images, targets, frags = photo_case
     full = images.shape[1] * images.shape[2]
-    half = int(jnp.min(jax.vmap(lambda f: jnp.sum(_region_mask(m, f)))(frags))) // 2
+    half = int(jnp.min(jax.vmap(lambda f: jnp.sum(_region_mask(m, f.tri_id)))(frags))) // 2
 
     region = batched.photo_region(m)  # concrete: the restricted mesh the fit uses
     assert region.vertices.shape[0] < 0.85 * m.num_vertices
@@ -366,9 +375,9 @@ def photo_parity(photo_case):
     @jax.jit
     def batch_path(model, region, coeffs, images, targets, frags):
         terms = _with_jacobian(lambda c, *a: _terms_vm(model, region, c, *a, full), coeffs, images, targets, frags)
-        thin = _samples(model, batched.prepare(model, region), frags, images, half)
+        thin = _samples(model, batched.prepare(model, region), frags.tri_id, images, half)
         photo = _terms_vm(model, region, coeffs, images, targets, frags, half)["photo"]
-        return terms, photo, jnp.sum(thin.weight > 0, axis=0), jnp.sum(thin.weight, axis=0)
+        return terms, photo, jnp.sum(thin.weight > 0, axis=1), jnp.sum(thin.weight, axis=1)
 
     reference = jax.jit(lambda model, c, *a: _with_jacobian(lambda c, *a: _terms_ref(model, c, *a), c, *a))
     vm, thin_photo, taken, weight_sum = batch_path(m, region, coeffs, images, targets, frags)
