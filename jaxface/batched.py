@@ -34,12 +34,14 @@ class Faces(NamedTuple):
     """Formation of a batch, batch minor. Tuples hold one f32[V, B] array per component.
 
     albedo: (r, g, b)      0-1
+    normals: (x, y, z)     rotated unit normals
     colors: (r, g, b)      lit vertex colours (not clipped)
     screen: (x, y, 1/z)    column, top-down row, inverse camera depth (0 behind the camera)
     uv: (u, v)             projected image coordinates, v up (landmarks)
     """
 
     albedo: tuple
+    normals: tuple
     colors: tuple
     screen: tuple
     uv: tuple
@@ -319,7 +321,7 @@ def form_faces_vm(bases: Bases, coeffs, rot, camera: Camera = Camera()) -> Faces
     in_front = depth > NEAR
     inv_depth = jnp.where(in_front, 1.0 / jnp.where(in_front, depth, 1.0), 0.0)
     screen = (u, camera.image_size - 1 - v, inv_depth)
-    return Faces(albedo, _shade_vm(albedo, normals, coeffs.gamma), screen, (u, v))
+    return Faces(albedo, normals, _shade_vm(albedo, normals, coeffs.gamma), screen, (u, v))
 
 
 def _shade_vm(albedo, normals, gamma):

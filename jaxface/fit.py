@@ -57,7 +57,7 @@ from jaxface.formation import (
     rigid_transform,
     rotation_matrix,
     screen_coords,
-    sh_basis,
+    sh_terms,
     AMBIENT_OFFSET,
 )
 from jaxface.losses import LossWeights
@@ -444,21 +444,20 @@ def _closed_form_pose(model: FaceModel, target, camera: Camera):
     return angle, jnp.concatenate([txy, tz[None]])
 
 
-def _solve_light(model: FaceModel, coeffs: Coeffs, image, fragments, camera: Camera, ridge):
-    """gamma f32[27] minimizing the masked squared colour error of the render, which is linear
-    in gamma: colour_c = sum_k b_k albedo_kc (Y_k . (gamma_c + 0.8 e_0)) over the pixel's corners."""
-    face = form_face(model, coeffs, camera)
-    verts = screen_coords(face.uv, face.depth, camera)
-    basis = sh_basis(face.normals)  # [V, 9]
-    feats = (face.albedo[:, :, None] * basis[:, None, :]).reshape(-1, 27)  # [V, 3*9]
-    pix = interpolate(feats, fragments, model.tris, verts).reshape(-1, 3, 9)
-    mask = _region_mask(model, fragments.tri_id).reshape(-1, 1)
-    rhs = image.reshape(-1, 3) - AMBIENT_OFFSET * pix[:, :, 0]
-    a = pix * mask[:, :, None]
-    gram = jnp.einsum("pck,pcl->ckl", a, pix)  # [3, 9, 9]
-    reg = ridge * (jnp.trace(gram, axis1=1, axis2=2)[:, None, None] / 9.0 + 1e-6) * jnp.eye(9)
-    gamma = jnp.linalg.solve(gram + reg, jnp.einsum("pck,pc->ck", a, rhs)[..., None])[..., 0]
-    return gamma.reshape(27)
+def _solve_light(bases: batched.Bases, coeffs: Coeffs, samples: batched.Samples, camera: Camera, ridge):
+    """gamma f32[B, 27] minimizing the squared colour error at the region's pixel samples,
+    which is linear in gamma: colour_c = sum_k b_k albedo_kc (Y_k . (gamma_c + 0.8 e_0))
+    over the pixel's corners (ridge-regularized per channel)."""
+    faces = batched.form_faces_vm(bases, coeffs, jax.vmap(rotation_matrix)(coeffs.angle), camera)
+    feats = tuple(a * y for a in faces.albedo for y in sh_terms(*faces.normals))  # 27 x [P, B], c-major
+    pix = jnp.stack(batched.interpolate_samples(feats, faces.screen, samples))
+    pix = pix.reshape(3, 9, *pix.shape[1:])  # [3, 9, B, K]
+    rhs = samples.target - AMBIENT_OFFSET * pix[:, 0]  # [3, B, K]
+    a = pix * (samples.weight > 0)
+    gram = jnp.einsum("ckbs,clbs->bckl", a, pix)  # [B, 3, 9, 9]
+    reg = ridge * (jnp.trace(gram, axis1=-2, axis2=-1)[..., None, None] / 9.0 + 1e-6) * jnp.eye(9)
+    gamma = jnp.linalg.solve(gram + reg, jnp.einsum("ckbs,cbs->bck", a, rhs)[..., None])[..., 0]
+    return gamma.reshape(-1, 27)
 
 
 # ----------------------------------------------------------------------------- optimization
@@ -542,8 +541,11 @@ def _all_finite(tree):
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _run_stage(model, region, params, images, targets, valid, status, hyper, static, photo: bool):
-    """One stage from `params`: returns (best params, per-image loss at best, history f32[steps, B], status)."""
+def _run_stage(model, bases, params, images, targets, valid, status, hyper, static):
+    """One stage from `params`: returns (best params, per-image loss at best, history f32[steps, B], status).
+
+    bases: None for the landmark stage, `batched.prepare(model, region)` for the photometric one."""
+    photo = bases is not None
     steps = static.photo_steps if photo else static.landmark_steps
     rates = hyper.photo_rates if photo else hyper.landmark_rates
     free = hyper.photo_free if photo else hyper.landmark_free
@@ -555,7 +557,6 @@ def _run_stage(model, region, params, images, targets, valid, status, hyper, sta
         carry, history = lax.scan(step, carry, jnp.arange(steps))
     else:
         chunk = static.raster_every
-        bases = batched.prepare(model, region)  # once per fit, outside the step loop
 
         def outer(carry, k):
             coeffs = _expand(carry[0], batch)
@@ -611,20 +612,17 @@ def _fit_impl(model, region: batched.Region, images, landmarks, init: Coeffs, ha
     histories = []
     best_img = jnp.zeros(batch)
     if static.landmark_steps:
-        params, best_img, hist, status = _run_stage(model, region, params, images, targets, valid, status, hyper, static, False)
+        params, best_img, hist, status = _run_stage(model, None, params, images, targets, valid, status, hyper, static)
         histories.append(hist)
     if static.photo_steps:
+        bases = batched.prepare(model, region)  # once per fit, outside the step loop
         if static.light_init:
             coeffs = _expand(params, batch)
-
-            def light(c, image, ok):
-                frags = _rasterize_face(model, c, camera)
-                g = _solve_light(model, c, image, frags, camera, hyper.light_ridge)
-                return jnp.where(ok & jnp.all(jnp.isfinite(g)), g, c.gamma)
-
-            solve = valid & (hyper.photo_free.gamma > 0)
-            params = params._replace(gamma=jax.vmap(light)(coeffs, images, solve))
-        params, best_img, hist, status = _run_stage(model, region, params, images, targets, valid, status, hyper, static, True)
+            tri_ids = jax.vmap(lambda c: _triangle_ids(model, c, camera))(coeffs)
+            gamma = _solve_light(bases, coeffs, _samples(model, bases, tri_ids, images, static.photo_samples), camera, hyper.light_ridge)
+            ok = valid & (hyper.photo_free.gamma > 0) & jnp.all(jnp.isfinite(gamma), axis=-1)
+            params = params._replace(gamma=jnp.where(ok[:, None], gamma, coeffs.gamma))
+        params, best_img, hist, status = _run_stage(model, bases, params, images, targets, valid, status, hyper, static)
         histories.append(hist)
     history = jnp.concatenate(histories, axis=0) if histories else jnp.zeros((0, batch))
     if histories:

@@ -18,7 +18,16 @@ from conftest import grid_mesh
 from jaxface import batched, formation
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
-from jaxface.fit import _batch_terms, _face_terms, _flip_landmarks, _rasterize_face, _region_mask, _samples, _triangle_ids
+from jaxface.fit import (
+    _batch_terms,
+    _face_terms,
+    _flip_landmarks,
+    _rasterize_face,
+    _region_mask,
+    _samples,
+    _solve_light,
+    _triangle_ids,
+)
 from jaxface.render import interpolate
 from jaxface.render.rasterize import Fragments
 from jaxface.synth_data import SceneConfig, make_scene
@@ -340,6 +349,45 @@ def test_refresh_z_buffer_matches_the_renderer(photo_case):
     ids = jax.jit(jax.vmap(_triangle_ids, in_axes=(None, 0, None)), static_argnums=2)(m, coeffs, CAMERA)
     assert ids.dtype == jnp.int32 and float(jnp.mean(ids >= 0)) > 0.2
     np.testing.assert_array_equal(ids, frags.tri_id)
+
+
+def test_light_solve_matches_a_per_pixel_reference(synthetic_model):
+    """The fit's light initialization (batch minor, at the pixel samples) against the
+    ridge least squares over every region pixel of the per-face renderer, in numpy."""
+    m = synthetic_model
+    scene = make_scene(m, jax.random.key(3), 3, SceneConfig())
+    coeffs = scene.coeffs._replace(gamma=jnp.zeros_like(scene.coeffs.gamma))  # unused by the solve
+    ridge = 1e-3
+
+    @jax.jit
+    def solve(model, region, coeffs, images):
+        bases = batched.prepare(model, region)
+        ids = jax.vmap(_triangle_ids, in_axes=(None, 0, None))(model, coeffs, CAMERA)
+        return _solve_light(bases, coeffs, _samples(model, bases, ids, images, 224 * 224 // 2), CAMERA, ridge)
+
+    @jax.jit
+    def features(model, coeffs):  # per pixel: albedo_c * Y_k, [B, H * W, 3, 9], and the region mask
+        def one(c):
+            face = formation.form_face(model, c, CAMERA)
+            feats = (face.albedo[:, :, None] * formation.sh_basis(face.normals)[:, None, :]).reshape(-1, 27)
+            frags = _rasterize_face(model, c, CAMERA)
+            pix = interpolate(feats, frags, model.tris, formation.screen_coords(face.uv, face.depth, CAMERA))
+            return pix.reshape(-1, 3, 9), _region_mask(model, frags.tri_id).reshape(-1)
+
+        return jax.vmap(one)(coeffs)
+
+    got = np.asarray(solve(m, batched.photo_region(m), coeffs, scene.images))
+    assert got.shape == (3, 27) and got.dtype == np.float32
+    pix, mask = (np.asarray(x, np.float64) for x in features(m, coeffs))
+    images = np.asarray(scene.images, np.float64).reshape(3, -1, 3)
+    for b in range(3):
+        a = pix[b][mask[b] > 0]  # [N, 3, 9]
+        rhs = images[b][mask[b] > 0] - formation.AMBIENT_OFFSET * a[:, :, 0]
+        for c in range(3):
+            gram = a[:, c].T @ a[:, c]
+            gram += ridge * (np.trace(gram) / 9 + 1e-6) * np.eye(9)
+            want = np.linalg.solve(gram, a[:, c].T @ rhs[:, c])
+            np.testing.assert_allclose(got[b, 9 * c : 9 * c + 9], want, atol=2e-4 * np.abs(want).max() + 1e-5)
 
 
 def _terms_vm(model, region, coeffs, images, targets, frags, size):
