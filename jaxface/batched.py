@@ -3,15 +3,18 @@
 The same formulas as `formation.form_face` + `render.interpolate` + the photometric loss,
 written for a whole batch at once with the batch as the LAST axis and one array per
 coordinate: a quantity is f32[V, B] (x, y and z separate) instead of f32[B, V, 3].
-On XLA:CPU this makes one fitting step at batch 16 about twice as fast (29 -> 13 ms per
-face, forward + backward): every mesh gather then moves one contiguous B-float row per
-index (B = 16 is one AVX-512 vector), whereas [B, V, 3] gathers move 3-float rows and
-wider [V, 3, B] rows fall off XLA's fast gather path. Hand-written VJPs for the normals
-and the pixel blend avoid scatter-adds and recomputation that autodiff would leave to XLA.
+On XLA:CPU every mesh gather then moves one contiguous B-float row per index (B = 16 is
+one AVX-512 vector), whereas [B, V, 3] gathers move 3-float rows and wider [V, 3, B]
+rows fall off XLA's fast gather path. Hand-written VJPs for the normals and the pixel
+blend avoid scatter-adds and recomputation that autodiff would leave to XLA.
+
+Vertices: only the `Region` the loss reads (the photometric region's vertices, their
+one-ring and the keypoints; about 80% of the BFM front model), with the bases gathered
+once per fit (`prepare`). The albedo prior is a quadratic form of the coefficients.
 
 Pixels: at each z-buffer refresh `pixel_samples` lists up to K pixels of the loss region
 per image (`Samples`); every step then interpolates only those, with their triangle ids
-fixed (the renderer's gradient path, `render.interpolate`). Flat vertex ids b * V + v
+fixed (the renderer's gradient path, `render.interpolate`). Flat vertex ids b * P + v
 address the per-image tables.
 """
 

@@ -12,7 +12,8 @@ Stages (SPEC "Training losses" weights, `LossWeights`):
 1. Landmark stage (`landmark_steps`): `landmark_groups` (default pose + id + exp) from
    landmark loss + priors, on the 68 keypoint vertices only (cheap). With 5-point
    landmarks only the pose (angle, trans) of `landmark_groups` is optimized here.
-2. Light: gamma by linear least squares on the first render (colour is linear in gamma).
+2. Light: gamma by linear least squares at the first refresh's pixel samples (colour is
+   linear in gamma).
 3. Photometric stage (`photo_steps`): every non-frozen group from photometric + landmark
    + priors. The photometric loss is over the rendered front-face region (the model's
    `front_mask_idx` triangles), so the background does not matter. Rasterization (the
@@ -20,8 +21,8 @@ Stages (SPEC "Training losses" weights, `LossWeights`):
    between, colours and barycentrics are re-interpolated from the current vertices for
    the fixed triangle ids, which is exactly the renderer's gradient path. Each refresh
    lists the region's pixels (at most `photo_fraction` of the crop), and the steps run
-   on the whole batch at once, batch minor (`jaxface.batched`: the same formulas, with
-   faster gathers on CPU).
+   on the whole batch at once, batch minor, on the region's vertices and their one-ring
+   (`jaxface.batched`: the same formulas, with faster gathers on CPU).
 
 Adam per coefficient group with its own learning rate and a cosine decay to 10 % per stage.
 Frozen groups (`freeze`) get exactly zero updates. Per image: inputs with non-finite
