@@ -70,20 +70,18 @@ class Region(NamedTuple):
 
 
 def photo_region(model: FaceModel) -> Region:
-    """`Region` of a model: the region is the triangles with all corners in
-    `front_mask_idx` (as the fitting loss mask). Vertex normals are exact on the region's
+    """`Region` of a model: the region is `model.region_triangles()` (as the loss mask,
+    `losses.region_mask`). Vertex normals are exact on the region's
     vertices (their whole one-ring is kept) and partial on the outer ring, where nothing
     reads them. Built with numpy from a concrete model (about 20% of the vertices and
     triangles of the BFM front model drop out); a traced model keeps the whole mesh."""
-    if any(isinstance(x, jax.core.Tracer) for x in (model.tris, model.point_buf, model.front_mask_idx)):
+    if any(isinstance(x, jax.core.Tracer) for x in jax.tree.leaves(model)):
         ids = jnp.arange(model.num_vertices, dtype=jnp.int32)
         return Region(ids, ids, model.tris, model.point_buf, ids)
     tris, point_buf = np.asarray(model.tris), np.asarray(model.point_buf)
     num_verts, num_tris = len(point_buf), len(tris)
-    in_front = np.zeros(num_verts, bool)
-    in_front[np.asarray(model.front_mask_idx)] = True
     region = np.zeros(num_verts, bool)
-    region[tris[in_front[tris].all(axis=1)].reshape(-1)] = True
+    region[tris[np.asarray(model.region_triangles())].reshape(-1)] = True
     touching = region[tris].any(axis=1)
     kept = np.zeros(num_verts, bool)
     kept[tris[touching].reshape(-1)] = True

@@ -343,19 +343,12 @@ def _keypoint_landmarks(model: FaceModel, coeffs: Coeffs, camera: Camera):
     return uv
 
 
-def _region_mask(model: FaceModel, tri_id):
-    """f32[S, S]: 1 where the visible triangle (z-buffer tri_id i32[S, S]) lies in the photometric region."""
-    in_region = jnp.zeros(model.num_vertices, bool).at[model.front_mask_idx].set(True)
-    tri_in = jnp.all(in_region[model.tris], axis=1)
-    return ((tri_id >= 0) & tri_in[jnp.maximum(tri_id, 0)]).astype(jnp.float32)
-
-
 def _samples(model: FaceModel, bases: batched.Bases, tri_ids, images, size: int) -> batched.Samples:
     """The photometric region's pixels of each image (at most `size`) as `batched.Samples`, with
     corners in the local vertex ids of `bases` (`batched.prepare`)."""
 
     def one(tri_id, image):
-        keep = _region_mask(model, tri_id) > 0
+        keep = losses.region_mask(model, tri_id) > 0
         return batched.pixel_samples(tri_id, model.tris, keep, image, size)
 
     corners, *rest = jax.vmap(one)(tri_ids, images)
@@ -384,7 +377,7 @@ def _face_terms(model, coeffs, image, target, fragments, camera, photo: bool):
         face = form_face(model, coeffs, camera)
         verts = screen_coords(face.uv, face.depth, camera)
         rendered = jnp.clip(interpolate(face.colors, fragments, model.tris, verts), 0.0, 1.0)
-        mask = lax.stop_gradient(_region_mask(model, fragments.tri_id))
+        mask = lax.stop_gradient(losses.region_mask(model, fragments.tri_id))
         photo_term = losses.photometric_loss(rendered, image, mask)
         lm68, albedo_term = face.landmarks, losses.albedo_regularizer(face.albedo, model.skin_mask)
     else:

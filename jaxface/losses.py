@@ -20,6 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxface.coeffs import Coeffs
+from jaxface.model.face_model import FaceModel
 
 PHOTO_EPS = 1e-6  # keeps the sqrt differentiable at a perfect match (reference value)
 
@@ -113,6 +114,12 @@ def albedo_regularizer(albedo, skin_mask):
     mean = jnp.sum(albedo * m, axis=-2, keepdims=True) / jnp.sum(m)
     per_face = jnp.sum(((albedo - mean) * m) ** 2, axis=(-2, -1)) / jnp.sum(m)
     return jnp.mean(per_face)
+
+
+def region_mask(model: FaceModel, tri_id):
+    """f32[H, W]: 1 where the z-buffer's visible triangle (tri_id i32[H, W], -1 on background)
+    is one of `model.region_triangles()`, the pixels the photometric loss reads."""
+    return ((tri_id >= 0) & model.region_triangles()[jnp.maximum(tri_id, 0)]).astype(jnp.float32)
 
 
 def lighting_regularizer(gamma):

@@ -227,13 +227,6 @@ def keypoint_landmarks(model: FaceModel, coeffs: Coeffs, camera: Camera):
     return jnp.stack([uv[:, 0], camera.image_size - 1 - uv[:, 1]], axis=-1)
 
 
-def region_mask(model: FaceModel, tri_id):
-    """f32[H, W]: 1 where the visible triangle lies in the front (photometric) region."""
-    in_region = jnp.zeros(model.num_vertices, bool).at[model.front_mask_idx].set(True)
-    tri_in = jnp.all(in_region[model.tris], axis=1)
-    return ((tri_id >= 0) & tri_in[jnp.maximum(tri_id, 0)]).astype(jnp.float32)
-
-
 def identity_loss(features: Callable, rendered, photos):
     """mean(1 - cos(features(rendered), features(photos))); photos' features are a constant target."""
     a = features(rendered)
@@ -259,7 +252,7 @@ def render_batch(model: FaceModel, coeffs: Coeffs, photos, camera: Camera) -> tu
     faces = jax.vmap(form_face, in_axes=(None, 0, None))(model, coeffs, camera)
     verts = jax.vmap(screen_coords, in_axes=(0, 0, None))(faces.uv, faces.depth, camera)
     out = jax.vmap(lambda v, c, bg: render_mesh(v, c, model.tris, size, size, bg))(verts, faces.colors, photos)
-    mask = lax.stop_gradient(jax.vmap(partial(region_mask, model))(out.fragments.tri_id))
+    mask = lax.stop_gradient(jax.vmap(partial(losses.region_mask, model))(out.fragments.tri_id))
     lm = jnp.stack([faces.landmarks[..., 0], size - 1 - faces.landmarks[..., 1]], axis=-1)
     return Rendered(out.composite, out.image, out.mask, mask, lm), faces.albedo
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import grid_mesh
-from jaxface import batched, formation
+from jaxface import batched, formation, losses
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
 from jaxface.fit import (
@@ -23,7 +23,6 @@ from jaxface.fit import (
     _face_terms,
     _flip_landmarks,
     _rasterize_face,
-    _region_mask,
     _samples,
     _solve_light,
     _triangle_ids,
@@ -372,7 +371,7 @@ def test_light_solve_matches_a_per_pixel_reference(synthetic_model):
             feats = (face.albedo[:, :, None] * formation.sh_basis(face.normals)[:, None, :]).reshape(-1, 27)
             frags = _rasterize_face(model, c, CAMERA)
             pix = interpolate(feats, frags, model.tris, formation.screen_coords(face.uv, face.depth, CAMERA))
-            return pix.reshape(-1, 3, 9), _region_mask(model, frags.tri_id).reshape(-1)
+            return pix.reshape(-1, 3, 9), losses.region_mask(model, frags.tri_id).reshape(-1)
 
         return jax.vmap(one)(coeffs)
 
@@ -415,7 +414,7 @@ def photo_parity(photo_case):
     photometric term and sample counts at half the smallest region (one compile per path)."""
     m, coeffs, images, targets, frags = photo_case
     full = images.shape[1] * images.shape[2]
-    half = int(jnp.min(jax.vmap(lambda f: jnp.sum(_region_mask(m, f.tri_id)))(frags))) // 2
+    half = int(jnp.min(jax.vmap(lambda f: jnp.sum(losses.region_mask(m, f.tri_id)))(frags))) // 2
 
     region = batched.photo_region(m)  # concrete: the restricted mesh the fit uses
     assert region.vertices.shape[0] < 0.85 * m.num_vertices

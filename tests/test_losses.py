@@ -92,6 +92,20 @@ def test_regularizers_hand_values():
     assert float(losses.lighting_regularizer(jnp.tile(jnp.arange(9.0), 3))) == 0.0  # monochrome
 
 
+def test_region_mask_hand_values(tiny_model):
+    # Region = vertices 0-13 of the 6 x 6 grid: triangles with all corners there count.
+    model = tiny_model.replace(front_mask_idx=jnp.arange(14, dtype=jnp.int32))
+    tris = np.asarray(model.tris)
+    inside = np.flatnonzero(np.all(tris < 14, axis=1))
+    outside = np.flatnonzero(np.any(tris < 14, axis=1) & np.any(tris >= 14, axis=1))  # straddles the border
+    assert len(inside) and len(outside)
+    np.testing.assert_array_equal(model.region_triangles(), np.all(tris < 14, axis=1))
+    tri_id = jnp.array([[-1, inside[0]], [outside[0], inside[-1]]], jnp.int32)
+    mask = losses.region_mask(model, tri_id)
+    assert mask.dtype == jnp.float32
+    np.testing.assert_array_equal(mask, [[0.0, 1.0], [0.0, 1.0]])
+
+
 def test_batched_losses_match_numpy_reference():
     rng = np.random.default_rng(0)
     b = 3

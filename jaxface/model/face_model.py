@@ -46,6 +46,11 @@ class FaceModel:
     def num_triangles(self) -> int:
         return self.tris.shape[0]
 
+    def region_triangles(self) -> jnp.ndarray:
+        """bool[T]: triangles with all three corners in `front_mask_idx` (the photometric-loss region)."""
+        in_region = jnp.zeros(self.num_vertices, bool).at[self.front_mask_idx].set(True)
+        return jnp.all(in_region[self.tris], axis=1)
+
     @property
     def label(self) -> str:
         """Human-readable name that always says when the model is synthetic."""
