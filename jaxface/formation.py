@@ -238,6 +238,15 @@ def _pose(shape, normals, rot, trans, focal, center, distance):
     return vertices, _apply_3x3(normals, rot), uv, depth
 
 
+def keypoint_landmarks(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera()):
+    """Projected 68 landmarks f32[68, 2] (v up) of ONE face, forming only the keypoint vertices
+    (what `form_face(...).landmarks` gives, without the other 35,641)."""
+    kp = model.keypoints
+    shape = model.mean_shape[kp] + model.id_base[kp] @ coeffs.id + model.exp_base[kp] @ coeffs.exp
+    uv, _ = project(rigid_transform(shape, rotation_matrix(coeffs.angle), coeffs.trans), camera)
+    return uv
+
+
 def screen_coords(uv, depth, camera: Camera = Camera()):
     """(uv v-up, depth) -> f32[N, 3] (x = column, y = top-down row, depth) for the rasterizer."""
     return jnp.stack([uv[:, 0], camera.image_size - 1 - uv[:, 1], depth], axis=-1)

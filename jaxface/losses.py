@@ -1,9 +1,11 @@
-"""Training and fitting losses of the PyTorch reference (SPEC "Training losses").
+"""Every loss term of training and fitting (SPEC "Training losses") and the one objective.
 
-Each function takes ONE face's arrays; optional leading batch axes `*B` are reduced
+Each term takes ONE face's arrays; optional leading batch axes `*B` are reduced
 exactly as the reference reduces its batch (the mean over the batch of the per-face
 value, except `photometric_loss`, which pools all pixels of the batch like
-`photo_loss`). Landmarks are in image pixels; colours are 0-1.
+`photo_loss`). Landmarks are in image pixels; colours are 0-1. The `*_per_image`
+forms keep the batch axis for fitting, where every image is its own problem.
+`objective(terms, weights)` weighs and sums the terms; `fit` and `train` both call it.
 
 Reference formulas (github sicxu/Deep3DFaceRecon_pytorch, models/losses.py):
 - photo_loss: sum(sqrt(eps + |A - B|^2) * mask) / max(sum(mask), 1), eps = 1e-6
@@ -15,27 +17,20 @@ Reference formulas (github sicxu/Deep3DFaceRecon_pytorch, models/losses.py):
 from __future__ import annotations
 
 import dataclasses
+from typing import Mapping, NamedTuple
 
+import jax
 import jax.numpy as jnp
-import numpy as np
 
+from jaxface import conventions
 from jaxface.coeffs import Coeffs
+from jaxface.conventions import LANDMARK_WEIGHTS
 from jaxface.model.face_model import FaceModel
 
 PHOTO_EPS = 1e-6  # keeps the sqrt differentiable at a perfect match (reference value)
 
 
-def default_landmark_weights() -> np.ndarray:
-    """f32[68]: 1, and 20 on the nose (one-based 29-31) and the inner lips (61-68)."""
-    w = np.ones(68, np.float32)
-    w[28:31] = 20.0
-    w[60:68] = 20.0
-    return w
-
-
-LANDMARK_WEIGHTS = default_landmark_weights()
-
-
+@jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class LossWeights:
     """Weights of the total loss; defaults are the paper's / PyTorch reference's.
@@ -43,6 +38,9 @@ class LossWeights:
     `identity` needs an external face-recognition network (not part of jaxface), so it
     defaults to 0 (off); the reference trains with 0.2.
     `id_reg`, `exp_reg`, `tex_reg` are the relative weights inside `coeff_regularizer`.
+    `coeffs` weighs the supervised coefficient loss of synthetic pre-training.
+    A pytree of its values: passed to a jitted function as an argument, new weights do not
+    recompile it.
     """
 
     photo: float = 1.92
@@ -54,6 +52,23 @@ class LossWeights:
     id_reg: float = 1.0
     exp_reg: float = 0.8
     tex_reg: float = 1.7e-2
+    coeffs: float = 1.0
+
+
+# The terms `objective` knows, each weighted by the LossWeights field of the same name.
+TERMS = ("photo", "landmark", "reg", "albedo", "gamma", "identity", "coeffs")
+
+
+def objective(terms: Mapping[str, jax.Array], weights: LossWeights):
+    """sum over terms of weight * term, the weight being `weights.<name>`.
+
+    terms: {name: f32[*B]} unweighted values (scalars for a training batch, f32[B] per image
+    when fitting); every name must be one of `TERMS`. Returns f32[*B].
+    """
+    unknown = set(terms) - set(TERMS)
+    if unknown:
+        raise ValueError(f"unknown loss terms {sorted(unknown)}; terms are {TERMS}")
+    return sum(getattr(weights, name) * value for name, value in terms.items())
 
 
 def landmark_loss(pred, target, weights=None):
@@ -91,14 +106,23 @@ def photometric_loss(rendered, target, mask, eps: float = PHOTO_EPS):
     return jnp.sum(dist * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
+def landmark_term(pred68, target):
+    """`landmark_loss` of predicted 68 points f32[*B, 68, 2] against 68 or 5 target points
+    f32[*B, K, 2] (same convention on both sides): the model points are first put in the
+    targets' layout (`conventions.landmark_layout`), with that layout's weights."""
+    num = target.shape[-2]
+    return landmark_loss(conventions.landmark_layout(pred68, num), target, conventions.landmark_weights(num))
+
+
+def coeff_prior(coeffs: Coeffs, weights: LossWeights = LossWeights(), groups=("id", "exp", "tex")):
+    """Per face f32[*B]: id_reg |id|^2 + exp_reg |exp|^2 + tex_reg |tex|^2 over `groups`."""
+    scale = {"id": weights.id_reg, "exp": weights.exp_reg, "tex": weights.tex_reg}
+    return sum(scale[g] * jnp.sum(getattr(coeffs, g) ** 2, axis=-1) for g in groups)
+
+
 def coeff_regularizer(coeffs: Coeffs, weights: LossWeights = LossWeights()):
     """|id|^2 + 0.8 |exp|^2 + 0.017 |tex|^2 (relative weights from `weights`), mean over *B."""
-    per_face = (
-        weights.id_reg * jnp.sum(coeffs.id**2, axis=-1)
-        + weights.exp_reg * jnp.sum(coeffs.exp**2, axis=-1)
-        + weights.tex_reg * jnp.sum(coeffs.tex**2, axis=-1)
-    )
-    return jnp.mean(per_face)
+    return jnp.mean(coeff_prior(coeffs, weights))
 
 
 def albedo_regularizer(albedo, skin_mask):
@@ -114,6 +138,54 @@ def albedo_regularizer(albedo, skin_mask):
     mean = jnp.sum(albedo * m, axis=-2, keepdims=True) / jnp.sum(m)
     per_face = jnp.sum(((albedo - mean) * m) ** 2, axis=(-2, -1)) / jnp.sum(m)
     return jnp.mean(per_face)
+
+
+class AlbedoPrior(NamedTuple):
+    """`albedo_regularizer` as a quadratic form of the albedo coefficients t:
+    (const + 2 lin . t + t^T gram t) / total (`albedo_prior`).
+
+    gram: f32[80, 80]; lin: f32[80]; const, total: f32[]
+    """
+
+    gram: jnp.ndarray
+    lin: jnp.ndarray
+    const: jnp.ndarray
+    total: jnp.ndarray
+
+
+def albedo_prior(model: FaceModel, skin) -> AlbedoPrior:
+    """The albedo regularizer's form from the skin rows (skin: i32[S] vertex ids holding every
+    nonzero of `skin_mask`). The albedo is linear in t, so its skin variance is quadratic:
+    evaluating it (`albedo_regularizer_per_image`) then needs no per-vertex pass."""
+    m = model.skin_mask[skin]
+    total = jnp.sum(m)
+    basis = model.tex_base[skin] / 255.0  # [S, 3, 80]
+    mean = model.mean_tex[skin] / 255.0  # [S, 3]
+    # Centred on the weighted skin mean; the reference squares (a - mean) * m.
+    centred_basis = basis - jnp.sum(basis * m[:, None, None], axis=0) / total
+    centred_mean = mean - jnp.sum(mean * m[:, None], axis=0) / total
+    w = (m * m)[:, None]
+    hi = jax.lax.Precision.HIGHEST
+    gram = sum(jnp.dot(centred_basis[:, c].T, w * centred_basis[:, c], precision=hi) for c in range(3))
+    lin = sum(jnp.dot(centred_basis[:, c].T, w[:, 0] * centred_mean[:, c], precision=hi) for c in range(3))
+    return AlbedoPrior(gram, lin, jnp.sum(w * centred_mean**2), total)
+
+
+def albedo_regularizer_per_image(prior: AlbedoPrior, tex):
+    """`albedo_regularizer` of the albedo of coefficients tex f32[*B, 80], per face f32[*B]."""
+    quad = jnp.sum((tex @ prior.gram) * tex, axis=-1)
+    return (prior.const + 2.0 * tex @ prior.lin + quad) / prior.total
+
+
+def photometric_per_image(rendered, target, weight, eps: float = PHOTO_EPS):
+    """`photometric_loss` at pixel samples, per image: f32[B].
+
+    rendered, target: (r, g, b), each f32[B, K] (rendered is clipped to 0-1 here, as the
+    renderer clips its image); weight: f32[B, K] each image's sample weights (summing to 1
+    over its real samples, 0 on padding; `render.Samples`).
+    """
+    sq = sum((jnp.clip(r, 0.0, 1.0) - t) ** 2 for r, t in zip(rendered, target))
+    return jnp.sum(jnp.sqrt(eps + sq) * weight, axis=-1)
 
 
 def region_mask(model: FaceModel, tri_id):
