@@ -27,7 +27,8 @@ from render_fixtures import face_model  # noqa: E402  (test mesh on the real BFM
 from jaxface import Coeffs, form_face  # noqa: E402
 from jaxface.formation import screen_coords  # noqa: E402
 from jaxface.render import render_mesh  # noqa: E402
-from jaxface.render.rasterize import MIN_AREA2, NEAR  # noqa: E402
+from jaxface.render.barycentric import NEAR
+from jaxface.render.rasterize import MIN_AREA2  # noqa: E402
 
 SIZE = 224
 

@@ -17,7 +17,8 @@ from jaxface.formation import Face, form_face, form_faces
 from jaxface.model import FaceModel
 from jaxface.model.bfm import convert_bfm09, load_face_model, load_front_model
 from jaxface.model.synthetic import synthetic_face_model
-from jaxface.reconstruct import Reconstruction, ReconstructConfig, Reconstructor, reconstruct, save_outputs
+from jaxface.outputs import save_outputs
+from jaxface.reconstruct import Reconstruction, ReconstructConfig, Reconstructor, reconstruct
 from jaxface.render import Fragments, RenderOutput, interpolate, rasterize, render, render_mesh
 
 __all__ = [

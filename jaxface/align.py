@@ -32,14 +32,12 @@ from typing import NamedTuple
 import numpy as np
 from scipy import sparse
 
+from jaxface.conventions import CROP_SIZE, five_from_68
 from jaxface.paths import index_file
 
-TARGET_SIZE = 224
 RESCALE_FACTOR = 102.0
 MAX_PIXELS = 100_000_000  # larger photos are rejected before decoding
 MAX_FILE_BYTES = 1 << 30
-# 68-point indices (one-based, as in the references) that define the 5 points.
-_FIVE_FROM_68 = np.array([31, 37, 40, 43, 46, 49, 55]) - 1
 _PIL_PRECISION_BITS = 32 - 8 - 2
 
 
@@ -57,14 +55,6 @@ class Aligned(NamedTuple):
 
 
 # ----------------------------------------------------------------------------- template
-
-def five_from_68(lm68: np.ndarray) -> np.ndarray:
-    """f[68, D] -> f[5, D]: nose 31, eyes mean(37, 40) / mean(43, 46), mouth 49 / 55, reordered
-    to [left eye, right eye, nose, left mouth, right mouth]. Keeps the input dtype."""
-    i = _FIVE_FROM_68
-    five = np.stack([lm68[i[0]], np.mean(lm68[i[[1, 2]]], 0), np.mean(lm68[i[[3, 4]]], 0), lm68[i[5]], lm68[i[6]]])
-    return five[[1, 2, 0, 3, 4]]
-
 
 def load_template(path: str | os.PathLike | None = None) -> np.ndarray:
     """The 5 template points f32[5, 3] from `similarity_Lm3D_all.mat` (`lm`, 68x3)."""
@@ -215,7 +205,7 @@ def _check_points(points: np.ndarray, width: int, height: int) -> None:
                          "mouth corners cannot lie on one line")
 
 
-def _crop_geometry(trans_params: np.ndarray, target_size: float = TARGET_SIZE):
+def _crop_geometry(trans_params: np.ndarray, target_size: float = CROP_SIZE):
     """(w, h, left, up) of the resized image and crop box, exactly as the reference computes them."""
     w0, h0, s, tx, ty = (float(v) for v in trans_params)
     w = np.int32(w0 * s)
@@ -225,7 +215,7 @@ def _crop_geometry(trans_params: np.ndarray, target_size: float = TARGET_SIZE):
     return int(w), int(h), int(left), int(up)
 
 
-def image_to_crop_points(points: np.ndarray, trans_params: np.ndarray, target_size: float = TARGET_SIZE) -> np.ndarray:
+def image_to_crop_points(points: np.ndarray, trans_params: np.ndarray, target_size: float = CROP_SIZE) -> np.ndarray:
     """Original-image pixels f[..., 2] (y down) -> crop coordinates f64[..., 2] (y up, the reference's lm_new)."""
     w0, h0, s, tx, ty = (float(v) for v in trans_params)
     w, h, _, _ = _crop_geometry(trans_params, target_size)
@@ -236,7 +226,7 @@ def image_to_crop_points(points: np.ndarray, trans_params: np.ndarray, target_si
                      (y_up - ty + h0 / 2) * s - (h / 2 - target_size / 2)], axis=-1)
 
 
-def crop_to_image_points(points: np.ndarray, trans_params: np.ndarray, target_size: float = TARGET_SIZE) -> np.ndarray:
+def crop_to_image_points(points: np.ndarray, trans_params: np.ndarray, target_size: float = CROP_SIZE) -> np.ndarray:
     """Crop coordinates f[..., 2] (y up: projected landmarks / mesh vertices) -> original-image
     pixels f64[..., 2] (y down). Exact inverse of `image_to_crop_points`."""
     w0, h0, s, tx, ty = (float(v) for v in trans_params)
@@ -327,7 +317,7 @@ def align_image(
     image: np.ndarray,
     landmarks: np.ndarray,
     template: np.ndarray | None = None,
-    target_size: int = TARGET_SIZE,
+    target_size: int = CROP_SIZE,
     rescale_factor: float = RESCALE_FACTOR,
 ) -> Aligned:
     """Align a photo like both references' `align_img`.

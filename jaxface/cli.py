@@ -52,7 +52,8 @@ def _reconstruct(argv) -> int:
     from jaxface import outputs
     from jaxface.detect import list_images
     from jaxface.fit import FitConfig
-    from jaxface.reconstruct import ReconstructConfig, Reconstructor, default_face_model, save_outputs
+    from jaxface.outputs import save_outputs
+    from jaxface.reconstruct import ReconstructConfig, Reconstructor, default_face_model
 
     fit_cfg = FitConfig() if args.steps is None else FitConfig(landmark_steps=args.steps, photo_steps=args.steps)
     buckets = tuple(sorted({b for b in (1, 4, args.batch_size) if b <= args.batch_size}))

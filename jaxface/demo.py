@@ -22,12 +22,13 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from jaxface import align, formation
+from jaxface import formation
+from jaxface.conventions import five_from_68
 from jaxface.detect import write_landmarks_txt
 from jaxface.fileio import write_text_atomic
 from jaxface.fit import FitConfig
-from jaxface.outputs import save_png
-from jaxface.reconstruct import ReconstructConfig, Reconstructor, save_outputs
+from jaxface.outputs import save_outputs, save_png
+from jaxface.reconstruct import ReconstructConfig, Reconstructor
 from jaxface.synth_data import SceneConfig, make_scene, to_uint8
 
 
@@ -65,7 +66,7 @@ def run(out_dir: Path, count: int = 4, seed: int = 0, steps: int = 60, quiet: bo
     names = [f"synthetic_{i:02d}" for i in range(count)]
     for name, photo, lm in zip(names, photos, lm68):
         save_png(out_dir / "inputs" / f"{name}.png", photo)
-        write_landmarks_txt(out_dir / "inputs" / f"{name}.txt", align.five_from_68(lm))
+        write_landmarks_txt(out_dir / "inputs" / f"{name}.txt", five_from_68(lm))
     t_setup = time.perf_counter() - t0
 
     config = ReconstructConfig(buckets=(count,), fit=FitConfig(landmark_steps=steps, photo_steps=steps))
@@ -86,7 +87,7 @@ def run(out_dir: Path, count: int = 4, seed: int = 0, steps: int = 60, quiet: bo
     mean_err = np.linalg.norm(mean_face[None] - true_shape, axis=-1).mean(axis=1) * mm
     lm_err = np.linalg.norm(result.landmarks - true_lm, axis=-1).mean(axis=1)
     angle_err = np.rad2deg(np.abs(np.asarray(result.coeffs.angle) - np.asarray(scene.coeffs.angle))).max(axis=1)
-    true_colors = np.asarray(jax.vmap(formation.form_face, in_axes=(None, 0))(model, scene.coeffs).albedo)
+    true_colors = np.asarray(formation.form_faces(model, scene.coeffs).albedo)
     albedo_err = np.abs(result.albedo - true_colors).mean(axis=(1, 2)) * 255
     per_image = [
         {"name": n, "status": s, "shape_error_mm": round(float(a), 3), "mean_face_error_mm": round(float(b), 3),

@@ -3,7 +3,7 @@
 Install with `pip install 'jaxface[detect]'` (dlib-bin, face-recognition-models). dlib's HOG
 frontal-face detector finds the faces and its 68-point shape predictor (iBUG 300-W layout)
 places landmarks on each; the five points follow the PyTorch reference's `extract_5p`
-(`jaxface.align.five_from_68`): eye centres = mean of the two corners of each eye (one-based
+(`jaxface.conventions.five_from_68`): eye centres = mean of the two corners of each eye (one-based
 37, 40 and 43, 46), nose tip 31, mouth corners 49 and 55, ordered left eye, right eye, nose,
 left mouth, right mouth (pixel coordinates, x right, y down, as in the reference `.txt`).
 
@@ -27,13 +27,13 @@ from typing import Callable, Iterable, NamedTuple
 
 import numpy as np
 
-from jaxface.align import MAX_PIXELS, five_from_68, load_image
+from jaxface.align import MAX_PIXELS, load_image
+from jaxface.conventions import IMAGE_SUFFIXES, five_from_68
 from jaxface.outputs import (Failure, OutputPathError, OutputWriteError, atomic_output, output_path,
                              sanitize_stem, write_failures_csv)
 
 INSTALL_HINT = "pip install 'jaxface[detect]'"
 PREDICTOR_68 = "shape_predictor_68_face_landmarks.dat"
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 FAILURES_CSV = "detect_failures.csv"
 
 

@@ -31,9 +31,10 @@ from pathlib import Path, PureWindowsPath
 import numpy as np
 
 from jaxface.coeffs import LAYOUT, NUM_COEFFS, Coeffs
+from jaxface.conventions import CROP_SIZE, five_from_68
 from jaxface.fileio import atomic_path
 
-CROP_SIZE = 224
+OK = "ok"  # the status of a photo that was reconstructed
 MAX_MAT_BYTES = 256 << 20   # a result .mat is about 1.5 MB
 MAX_MAT_ELEMENTS = 1 << 24  # per key; the largest (recon_img, per-vertex arrays) hold about 200,000
 MAX_OBJ_BYTES = 1 << 30     # a 35,709-vertex .obj is about 4 MB
@@ -509,3 +510,29 @@ class FailureLog:
 
     def write(self, path: str | os.PathLike) -> Path:
         return write_failures_csv(path, self.rows)
+
+
+def save_outputs(recon, i: int, out_dir, stem: str, tris) -> None:
+    """Write image i of a `jaxface.Reconstruction`: `STEM.mat` (both reference layouts),
+    `STEM.obj`, `STEM_overlay.png`.
+
+    As both references do, the mesh and `face_shape` are the posed shape; landmarks in the
+    .mat are crop pixels (y down); the overlay is in original-image pixels with landmarks.
+    """
+    if recon.status[i] != OK:
+        raise ValueError(f"image {i} has no result ({recon.status[i]})")
+    where = result_paths(out_dir, sanitize_stem(stem))
+    lm68 = recon.crop_landmarks[i]
+    save_mat(
+        where.mat,
+        coeffs=Coeffs(*(np.asarray(x[i]) for x in recon.coeffs)),
+        cropped_img=recon.crops[i],
+        recon_img=recon.rendered[i],
+        face_shape=recon.vertices[i],
+        face_texture=recon.albedo[i],
+        face_color=recon.colors[i],
+        lm_68p=lm68,
+        lm_5p=five_from_68(lm68),
+    )
+    save_obj(where.obj, recon.vertices[i], recon.colors[i], np.asarray(tris))
+    save_png(where.overlay, draw_landmarks(recon.overlays[i], recon.landmarks[i]))

@@ -25,16 +25,16 @@ import numpy as np
 
 from jaxface import align, paths
 from jaxface.camera import Camera
-from jaxface.coeffs import Coeffs
+from jaxface.coeffs import NUM_COEFFS, Coeffs
+from jaxface.conventions import CROP_SIZE, flip_y
 from jaxface.errors import MissingFileError
 from jaxface.fit import FitConfig, fit
-from jaxface.formation import Face, form_faces
 from jaxface.model import bfm
 from jaxface.model.face_model import FaceModel
-from jaxface.render import render
+from jaxface.outputs import OK, blend_overlay
+from jaxface.render import render_faces
 
 METHODS = ("auto", "rnet", "fit", "rnet+fit")
-OK = "ok"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -119,12 +119,6 @@ def _pad(x: np.ndarray, size: int) -> np.ndarray:
     if len(x) == size:
         return x
     return np.concatenate([x, np.repeat(x[-1:], size - len(x), axis=0)])
-
-
-@jax.jit
-def _render_batch(model: FaceModel, coeffs: Coeffs):
-    out = jax.vmap(render, in_axes=(None, 0))(model, coeffs)
-    return out.image, out.mask
 
 
 def default_face_model(bfm_dir=None, quiet: bool = False) -> FaceModel:
@@ -263,12 +257,11 @@ class Reconstructor:
             for start in range(0, len(group), max(self.config.buckets)):
                 idx = group[start : start + max(self.config.buckets)]
                 crops = np.stack([aligned[i].image for i in idx])
-                lms = np.stack([_y_down(aligned[i].landmarks) for i in idx]).astype(np.float32)
+                lms = np.stack([flip_y(aligned[i].landmarks) for i in idx]).astype(np.float32)
                 coeffs = self._coefficients(crops, lms)
                 self._fill(out, idx, coeffs, crops, [aligned[i].trans_params for i in idx])
 
         image_rendered, image_mask, overlays = [], [], []
-        from jaxface.outputs import blend_overlay
 
         def to_photo(i):
             if status[i] == OK and not np.all(np.isfinite(out["coeffs"][i])):
@@ -295,15 +288,14 @@ class Reconstructor:
         n = len(idx)
         size = bucket_size(n, self.config.buckets)
         padded = jax.tree.map(lambda x: jnp.asarray(_pad(np.asarray(x), size)), coeffs)
-        face: Face = form_faces(self.model, padded, self.camera)
-        rendered, mask = _render_batch(self.model, padded)
+        face, out_r = render_faces(self.model, padded, self.camera)
         face = jax.tree.map(lambda x: np.asarray(x)[:n], face)
-        rendered, mask = np.asarray(rendered)[:n], np.asarray(mask)[:n]
+        rendered, mask = np.asarray(out_r.image)[:n], np.asarray(out_r.mask)[:n]
         for k, i in enumerate(idx):
             out["coeffs"][i] = np.asarray(jax.tree.map(lambda x: x[k], coeffs).to_vector())
             out["shape"][i], out["vertices"][i] = face.shape[k], face.vertices[k]
             out["colors"][i], out["albedo"][i] = np.clip(face.colors[k], 0, 1), face.albedo[k]
-            out["crop_landmarks"][i] = _y_down(face.landmarks[k])
+            out["crop_landmarks"][i] = flip_y(face.landmarks[k])
             out["landmarks"][i] = align.crop_to_image_points(face.landmarks[k], trans[k])
             out["crops"][i], out["rendered"][i], out["mask"][i] = crops[k], rendered[k], mask[k]
             out["trans_params"][i] = trans[k]
@@ -312,25 +304,18 @@ class Reconstructor:
 def _empty(n: int, v: int) -> dict:
     nan = np.float32(np.nan)
     return {
-        "coeffs": np.full((n, 257), nan, np.float32),
+        "coeffs": np.full((n, NUM_COEFFS), nan, np.float32),
         "shape": np.full((n, v, 3), nan, np.float32),
         "vertices": np.full((n, v, 3), nan, np.float32),
         "colors": np.full((n, v, 3), nan, np.float32),
         "albedo": np.full((n, v, 3), nan, np.float32),
         "landmarks": np.full((n, 68, 2), nan, np.float32),
         "crop_landmarks": np.full((n, 68, 2), nan, np.float32),
-        "crops": np.zeros((n, 224, 224, 3), np.uint8),
-        "rendered": np.zeros((n, 224, 224, 3), np.float32),
-        "mask": np.zeros((n, 224, 224), np.float32),
+        "crops": np.zeros((n, CROP_SIZE, CROP_SIZE, 3), np.uint8),
+        "rendered": np.zeros((n, CROP_SIZE, CROP_SIZE, 3), np.float32),
+        "mask": np.zeros((n, CROP_SIZE, CROP_SIZE), np.float32),
         "trans_params": np.full((n, 5), np.nan, np.float64),
     }
-
-
-def _y_down(points, size: int = 224) -> np.ndarray:
-    """Crop points with y up (the camera's v) <-> top-down rows: y' = size - 1 - y."""
-    p = np.array(points, np.float64, copy=True)
-    p[..., 1] = size - 1 - p[..., 1]
-    return p
 
 
 def _as_rgb_u8(image) -> np.ndarray:
@@ -351,33 +336,6 @@ def _as_rgb_u8(image) -> np.ndarray:
     if a.shape[2] == 1:
         a = np.repeat(a, 3, axis=2)
     return np.ascontiguousarray(a[..., :3])
-
-
-def save_outputs(recon: Reconstruction, i: int, out_dir, stem: str, tris) -> None:
-    """Write image i's `STEM.mat` (both reference layouts), `STEM.obj`, `STEM_overlay.png`.
-
-    As both references do, the mesh and `face_shape` are the posed shape; landmarks in the
-    .mat are crop pixels (y down); the overlay is in original-image pixels with landmarks.
-    """
-    from jaxface import outputs
-
-    if recon.status[i] != OK:
-        raise ValueError(f"image {i} has no result ({recon.status[i]})")
-    where = outputs.result_paths(out_dir, outputs.sanitize_stem(stem))
-    lm68 = recon.crop_landmarks[i]
-    outputs.save_mat(
-        where.mat,
-        coeffs=jax.tree.map(lambda x: np.asarray(x[i]), recon.coeffs),
-        cropped_img=recon.crops[i],
-        recon_img=recon.rendered[i],
-        face_shape=recon.vertices[i],
-        face_texture=recon.albedo[i],
-        face_color=recon.colors[i],
-        lm_68p=lm68,
-        lm_5p=align.five_from_68(lm68),
-    )
-    outputs.save_obj(where.obj, recon.vertices[i], recon.colors[i], np.asarray(tris))
-    outputs.save_png(where.overlay, outputs.draw_landmarks(recon.overlays[i], recon.landmarks[i]))
 
 
 def reconstruct(images, landmarks=None, *, model: FaceModel | None = None, weights=None,

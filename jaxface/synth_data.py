@@ -21,9 +21,9 @@ import numpy as np
 
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
-from jaxface.formation import form_face
+from jaxface.conventions import flip_y
 from jaxface.model.face_model import FaceModel
-from jaxface.render import render
+from jaxface.render import render_faces
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,12 +133,8 @@ def make_scene(
 @partial(jax.jit, static_argnames=("camera",))
 def _render_scene(model, coeffs, backgrounds, camera):
     """(images, masks, top-down landmarks, canonical shapes) of a batch; compiled once per shape."""
-    out = jax.vmap(render, in_axes=(None, 0, None, 0))(model, coeffs, camera, backgrounds)
-    faces = jax.vmap(form_face, in_axes=(None, 0, None))(model, coeffs, camera)
-    # Landmarks: v-up projections -> top-down rows.
-    size = camera.image_size
-    true_lm = jnp.stack([faces.landmarks[..., 0], size - 1 - faces.landmarks[..., 1]], axis=-1)
-    return out.composite, out.mask, true_lm, faces.shape
+    faces, out = render_faces(model, coeffs, camera, backgrounds)
+    return out.composite, out.mask, flip_y(faces.landmarks, camera.image_size), faces.shape
 
 
 def to_uint8(images) -> np.ndarray:

@@ -66,3 +66,18 @@ def tiny_model():
         name="tiny-test",
         synthetic=True,
     )
+
+
+def normals_reference(shape, tris, point_buf):
+    """Unit vertex normals f[V, 3] of ONE shape by the references' formula, written plainly
+    (autodiff gives its gradient): torch-style normalize(cross(v1 - v2, v2 - v3)) per
+    triangle, summed over point_buf (padding id T = a zero normal), normalized."""
+    import jax.numpy as jnp
+
+    def normalize(x):
+        sq = jnp.sum(x * x, axis=-1, keepdims=True)
+        return x * jnp.where(sq > 1e-24, 1.0 / jnp.sqrt(jnp.where(sq > 1e-24, sq, 1.0)), 1e12)
+
+    v1, v2, v3 = shape[tris[:, 0]], shape[tris[:, 1]], shape[tris[:, 2]]
+    face = normalize(jnp.cross(v1 - v2, v2 - v3))
+    return normalize(jnp.concatenate([face, jnp.zeros((1, 3), face.dtype)])[point_buf].sum(axis=1))

@@ -18,7 +18,8 @@ import scipy.io as sio
 from jaxface.model.face_model import FaceModel
 from jaxface.model.synthetic import tutte_layout
 from jaxface.paths import index_file
-from jaxface.render.rasterize import MIN_AREA2, NEAR
+from jaxface.render.barycentric import NEAR
+from jaxface.render.rasterize import MIN_AREA2
 
 
 @functools.lru_cache(maxsize=1)

@@ -11,6 +11,8 @@ from jax.test_util import check_grads
 from jaxface import Camera, Coeffs, formation
 from jaxface.coeffs import LAYOUT, NUM_COEFFS
 
+from conftest import normals_reference
+
 # float32 on both sides; bases sum over 80 terms of ~1e-2 -> agreement to ~1e-5 relative.
 RTOL, ATOL = 2e-5, 2e-5
 
@@ -167,7 +169,8 @@ def test_gradients_match_finite_differences(tiny_model):
 
 
 def test_batched_normals_and_gradients_match_plain_vmap(synthetic_model):
-    """The vertex-major batch rule (value and VJP) equals plain vmap + autodiff of the formula."""
+    """The per-face normals under vmap (value and gather-only VJP) equal plain vmap + autodiff
+    of the formula."""
     m = synthetic_model
     rng = np.random.default_rng(6)
     ids = jnp.asarray(rng.normal(size=(3, 80)), jnp.float32)
@@ -175,14 +178,13 @@ def test_batched_normals_and_gradients_match_plain_vmap(synthetic_model):
     g = jnp.asarray(rng.normal(size=shapes.shape), jnp.float32)
 
     def plain(s):
-        fn = formation._normalize(jnp.cross(s[m.tris[:, 0]] - s[m.tris[:, 1]], s[m.tris[:, 1]] - s[m.tris[:, 2]]))
-        return formation._normalize(jnp.concatenate([fn, jnp.zeros((1, 3))])[m.point_buf].sum(1))
+        return normals_reference(s, m.tris, m.point_buf)
 
-    mine, vjp_mine = jax.vjp(jax.vmap(lambda s: formation.vertex_normals(s, m.tris, m.point_buf)), shapes)
+    mine, vjp_mine = jax.vjp(jax.vmap(lambda s: formation.face_normals(s, m.tris, m.point_buf)), shapes)
     ref, vjp_ref = jax.vjp(jax.vmap(plain), shapes)
     np.testing.assert_allclose(mine, ref, atol=1e-5)
     (got,), (want,) = vjp_mine(g), vjp_ref(g)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))
     # Unbatched calls take the same formula through the custom VJP.
-    one = jax.grad(lambda s: jnp.sum(formation.vertex_normals(s, m.tris, m.point_buf) * g[0]))(shapes[0])
+    one = jax.grad(lambda s: jnp.sum(formation.face_normals(s, m.tris, m.point_buf) * g[0]))(shapes[0])
     np.testing.assert_allclose(one, want[0], rtol=1e-3, atol=1e-4 * float(jnp.max(jnp.abs(want))))

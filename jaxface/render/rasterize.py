@@ -1,4 +1,7 @@
-"""Z-buffer rasterizer built from jax primitives (non-differentiable by design).
+"""Z-buffer rasterizer built from jax primitives: which triangle each pixel sees.
+
+The z-buffer is not differentiable (triangle ids are integers); the barycentrics that
+`rasterize` returns with it are computed by `render.barycentric`, differentiable there.
 
 Sampling: pixel (row i, col j) samples the screen point (x=j, y=i); vertices come as
 `verts_screen f32[V, 3]` = (x = column, y = top-down row, depth = distance in front of
@@ -46,7 +49,8 @@ import numpy as np
 from jax import lax
 from jax.custom_batching import custom_vmap
 
-NEAR = 1e-5  # triangles with a vertex at depth <= NEAR are culled
+from jaxface.render.barycentric import NEAR, pixel_barycentrics
+
 MIN_AREA2 = 1e-8  # doubled screen area (px^2) below which a triangle is degenerate
 TILE = 2  # footprint tile side in pixels
 CHUNK = 0  # tiles per pass of the large-triangle loop; 0: max(1024, T // 16)
@@ -73,8 +77,8 @@ def rasterize(verts_screen, tris, height: int, width: int) -> Fragments:
 
     verts_screen: f32[V, 3]  (x = column, y = top-down row, depth > 0 in front of camera)
     tris: i32[T, 3]          zero-based vertex indices
-    Returns `Fragments`. Gradients are stopped; use `interpolate` with `verts_screen`
-    for gradients w.r.t. vertex positions. Batch with `jax.vmap`.
+    Returns `Fragments` (gradients stopped; `interpolate` with `verts_screen` gives
+    gradients w.r.t. vertex positions). Batch with `jax.vmap`.
     """
     check_mesh(verts_screen, tris)
     height, width = check_size(height, width)
@@ -92,47 +96,6 @@ def _rasterize(verts_screen, tris, height: int, width: int, tile: int = TILE, ch
 def triangle_ids(verts, tris, height: int, width: int, tile: int = TILE, chunk: int = CHUNK):
     """The z-buffer alone: i32[H, W] winning triangle per pixel, -1 on background."""
     return _batching_zbuffer(height, width, tile, chunk)(lax.stop_gradient(verts).astype(jnp.float32), tris.astype(jnp.int32))
-
-
-def pixel_barycentrics(verts, tris, tri_id):
-    """(bary f32[3, H, W] corner first, depth f32[H, W]) at pixel centres for given ids.
-
-    Differentiable w.r.t. `verts` f32[V, 3] for the fixed `tri_id` i32[H, W]. The inverse
-    depth is taken per vertex before the per-pixel gather, so the per-pixel arithmetic has
-    one division instead of eight (and its backward pass correspondingly fewer).
-    """
-    height, width = tri_id.shape
-    rows, cols = jnp.mgrid[:height, :width].astype(verts.dtype)
-    depth = verts[:, 2]
-    in_front = depth > NEAR  # drawn triangles have all corners in front; the rest is masked
-    inv_depth = jnp.where(in_front, 1.0 / jnp.where(in_front, depth, 1.0), 0.0)
-    table = jnp.stack([verts[:, 0], verts[:, 1], inv_depth], axis=1)
-    corners = gather_rows(table, tris.T[:, jnp.maximum(tri_id, 0)])  # f32[3 (x/y/inverse depth), 3, H, W]
-    return perspective_barycentrics(tuple(corners), cols, rows, tri_id >= 0)
-
-
-@jax.custom_vjp
-def gather_rows(table, idx):
-    """table f32[V, C] at idx i32[*S] -> f32[C, *S] (channel first).
-
-    Same values as `table.T[:, idx]`; the custom backward is ONE row-wise scatter-add into
-    f32[V, C] (autodiff would emit one scalar scatter-add per channel plus a transpose,
-    several times slower on CPU).
-    """
-    return table.T[:, idx]
-
-
-def _gather_rows_fwd(table, idx):
-    return table.T[:, idx], (idx, table.shape[0])
-
-
-def _gather_rows_bwd(res, g):
-    idx, num_rows = res
-    rows = g.reshape(g.shape[0], -1).T
-    return jnp.zeros((num_rows, g.shape[0]), g.dtype).at[idx.reshape(-1)].add(rows), None
-
-
-gather_rows.defvjp(_gather_rows_fwd, _gather_rows_bwd)
 
 
 @functools.lru_cache(maxsize=None)
@@ -203,33 +166,6 @@ def _zbuffer(verts, tris, height: int, width: int, tile: int, chunk: int):
 
     zbuf = zbuf.reshape(height, width)
     return jnp.where(zbuf == _BACKGROUND, -1, (zbuf & ((1 << id_bits) - 1)).astype(jnp.int32))
-
-
-def perspective_barycentrics(corners, px, py, valid):
-    """Perspective-correct barycentrics of sample points in their triangles.
-
-    corners: (x, y, inverse depth) screen coordinates of the corners of each sample's
-                            triangle, each f32[3, *S] (corner k, sample)
-    px, py: f32[*S]         sample positions
-    valid: bool[*S]         False where there is no triangle (outputs 0, safe gradients)
-    Returns (bary f32[3, *S] corner first, depth f32[*S]). Differentiable w.r.t. corners.
-    Screen weights come from edge functions e_k taken relative to the sample (accurate for
-    small triangles far from the origin); perspective weights are e_k / z_k normalized (the
-    triangle's area cancels), and depth = sum_k e_k / sum_k (e_k / z_k).
-    """
-    x, y, edge = edge_functions(corners, px, py)
-    weighted = [e * iz for e, iz in zip(edge, corners[2])]
-    inv_total = 1.0 / jnp.where(valid, weighted[0] + weighted[1] + weighted[2], 1.0)
-    bary = jnp.stack([jnp.where(valid, w * inv_total, 0.0) for w in weighted])
-    return bary, jnp.where(valid, (edge[0] + edge[1] + edge[2]) * inv_total, 0.0)
-
-
-def edge_functions(corners, px, py):
-    """(x_k - px, y_k - py, edge_k) per corner k: edge_k is the doubled signed area of
-    (sample, v_k+1, v_k+2); the three sum to the doubled triangle area."""
-    x = [xk - px for xk in corners[0]]
-    y = [yk - py for yk in corners[1]]
-    return x, y, [x[i] * y[j] - x[j] * y[i] for i, j in ((1, 2), (2, 0), (0, 1))]
 
 
 def id_bits_for(num_tris: int) -> int:

@@ -10,10 +10,11 @@ import jax.numpy as jnp
 
 from jaxface.camera import Camera
 from jaxface.coeffs import LAYOUT, Coeffs
-from jaxface.formation import form_face, screen_coords
+from jaxface.formation import Face, form_face, form_faces, posed_screens, screen_coords
 from jaxface.model.face_model import FaceModel
+from jaxface.render.barycentric import pixel_barycentrics
 from jaxface.render.interpolate import blend
-from jaxface.render.rasterize import Fragments, check_mesh, check_size, pixel_barycentrics, triangle_ids
+from jaxface.render.rasterize import Fragments, check_mesh, check_size, triangle_ids
 
 
 class RenderOutput(NamedTuple):
@@ -86,6 +87,24 @@ def _render(model, coeffs, camera, background) -> RenderOutput:
     verts = screen_coords(face.uv, face.depth, camera)
     size = camera.image_size
     return _render_mesh(verts, face.colors, model.tris, size, size, background)
+
+
+@partial(jax.jit, static_argnames=("camera",))
+def render_faces(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera(), backgrounds=None) -> tuple[Face, RenderOutput]:
+    """Form and render a batch (coeffs fields f32[B, n]) in one program: (`Face` and
+    `RenderOutput`, each with a leading B axis). backgrounds: f32[B, S, S, 3] | None."""
+    face = form_faces(model, coeffs, camera)
+    size = camera.image_size
+    verts = jax.vmap(screen_coords, in_axes=(0, 0, None))(face.uv, face.depth, camera)
+    draw = lambda v, c, bg: _render_mesh(v, c, model.tris, size, size, bg)  # noqa: E731
+    return face, jax.vmap(draw)(verts, face.colors, backgrounds)
+
+
+def z_buffers(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera()):
+    """The z-buffers alone, i32[B, S, S] triangle ids (-1 on background), of a batch
+    (coeffs fields f32[B, n]) from shape and pose (no normals, shading or barycentrics)."""
+    size = camera.image_size
+    return jax.vmap(lambda v: triangle_ids(v, model.tris, size, size))(posed_screens(model, coeffs, camera))
 
 
 def _check_background(background, height, width):

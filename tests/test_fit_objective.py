@@ -1,7 +1,6 @@
-"""`jaxface.batched` (batch-minor formation and sampled rendering) against the per-face path.
-
-Every check compares with the reference functions the photometric stage of `fit` replaced:
-`formation.vertex_normals`, `render.interpolate`, `losses.*` and `fit._face_terms`. Mesh
+"""The fitting objective's batch-minor path (formation, sampled rendering, loss terms)
+against per-face references: plain autodiff of the normals formula, `render.interpolate`,
+`losses.*` and `fit.objective.face_terms` over the full-image renderer. Mesh
 tables are passed to jitted functions as arguments, never closed over: as constants XLA
 constant-folds the normals VJP's index tables for tens of seconds. The synthetic-model
 tests compile each program once (module fixtures).
@@ -14,20 +13,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from conftest import grid_mesh
-from jaxface import batched, formation, losses
+from conftest import grid_mesh, normals_reference
+from jaxface import formation, losses
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
-from jaxface.fit import (
-    _batch_terms,
-    _face_terms,
-    _flip_landmarks,
-    _rasterize_face,
-    _samples,
-    _solve_light,
-    _triangle_ids,
-)
-from jaxface.render import interpolate
+from jaxface.conventions import flip_y
+from jaxface.fit.init import solve_light
+from jaxface.fit.objective import PhotoData, face_terms, photo_terms, region_samples
+from jaxface.model.region import mesh_tables, photo_region, point_buf_is_complete, region_bases
+from jaxface.render import batch_samples, interpolate, interpolate_samples, pixel_samples, render, z_buffers
 from jaxface.render.rasterize import Fragments
 from jaxface.synth_data import SceneConfig, make_scene
 
@@ -40,14 +34,14 @@ def _split(shapes):
 
 
 def _normals_vm(shapes, tris, point_buf):
-    """`vertex_normals_vm` in the per-face layout f[B, V, 3]."""
-    mesh = batched.mesh_tables(tris, point_buf)
-    return jnp.stack(batched.vertex_normals_vm(_split(shapes), mesh), axis=-1).transpose(1, 0, 2)
+    """`formation.vertex_normals` (batch minor) in the per-face layout f[B, V, 3]."""
+    mesh = mesh_tables(tris, point_buf)
+    return jnp.stack(formation.vertex_normals(_split(shapes), mesh), axis=-1).transpose(1, 0, 2)
 
 
 def _normals_ref(shapes, tris, point_buf):
     """Plain autodiff of the per-face formula, one face at a time."""
-    return jax.vmap(formation.vertex_normals.__wrapped__, in_axes=(0, None, None))(shapes, tris, point_buf)
+    return jax.vmap(normals_reference, in_axes=(0, None, None))(shapes, tris, point_buf)
 
 
 def _grad(normals_fn):
@@ -57,7 +51,7 @@ def _grad(normals_fn):
 # Jitted once per dtype and mesh size (eager dispatch of these small graphs is slower than compiling).
 _vm_jit, _ref_jit = jax.jit(_normals_vm), jax.jit(_normals_ref)
 _vm_grad_jit, _ref_grad_jit = jax.jit(_grad(_normals_vm)), jax.jit(_grad(_normals_ref))
-_pixel_samples = jax.jit(batched.pixel_samples, static_argnums=4)
+_pixel_samples = jax.jit(pixel_samples, static_argnums=4)
 
 
 def _grid_shapes(rng, batch, noise, dtype):
@@ -79,11 +73,9 @@ def full_normals(synthetic_model):
     shapes = jnp.asarray(m.mean_shape[None] + 1e-3 * rng.normal(size=(3, *m.mean_shape.shape)), jnp.float32)
     w = jnp.asarray(rng.normal(size=shapes.shape), jnp.float32)
     vm = jax.jit(_normals_vm)(shapes, m.tris, m.point_buf)
-    ref = jax.jit(jax.vmap(formation.vertex_normals, in_axes=(0, None, None)))(shapes, m.tris, m.point_buf)
+    ref = jax.jit(_normals_ref)(shapes, m.tris, m.point_buf)
     g_vm = jax.jit(_grad(_normals_vm))(shapes, w, m.tris, m.point_buf)
-    # Per face through the public function (its unbatched VJP is autodiff of the formula).
-    one = jax.jit(_grad(formation.vertex_normals))
-    g_ref = jnp.stack([one(s, ws, m.tris, m.point_buf) for s, ws in zip(shapes, w)])
+    g_ref = jax.jit(_grad(_normals_ref))(shapes, w, m.tris, m.point_buf)
     return vm, ref, g_vm, g_ref
 
 
@@ -160,35 +152,35 @@ def test_vertex_normals_vm_degenerate_triangles(tiny_model):
 
 def test_point_buf_is_complete(synthetic_model):
     m = synthetic_model
-    assert batched.point_buf_is_complete(m.tris, m.point_buf)
+    assert point_buf_is_complete(m.tris, m.point_buf)
     tris, buf = grid_mesh(6)
     num_tris = len(tris)
-    assert batched.point_buf_is_complete(tris, buf)
+    assert point_buf_is_complete(tris, buf)
 
     truncated = buf.copy()
     truncated[7, 2] = num_tris  # one of vertex 7's triangles replaced by the padding id
-    assert not batched.point_buf_is_complete(tris, truncated)
+    assert not point_buf_is_complete(tris, truncated)
 
     foreign = next(t for t in range(num_tris) if 7 not in tris[t])
     wrong = buf.copy()
     wrong[7, 2] = foreign  # same count, but lists a triangle without vertex 7
-    assert not batched.point_buf_is_complete(tris, wrong)
+    assert not point_buf_is_complete(tris, wrong)
 
     extra = buf.copy()
     extra[7, 6] = foreign  # all of its triangles plus a foreign one in a padding slot
-    assert not batched.point_buf_is_complete(tris, extra)
+    assert not point_buf_is_complete(tris, extra)
 
 
 def test_point_buf_is_complete_rejects_duplicates():
     tris, buf = grid_mesh(6)
     dup = buf.copy()
     dup[7, 1] = dup[7, 0]  # triangle buf[7, 0] twice, buf[7, 1] missing: the gather-only VJP is wrong
-    assert not batched.point_buf_is_complete(tris, dup)
+    assert not point_buf_is_complete(tris, dup)
 
 
 def test_photo_region_keeps_what_the_loss_reads_with_exact_normals(synthetic_model, full_normals):
     m = synthetic_model
-    region = batched.photo_region(m)
+    region = photo_region(m)
     verts, local = np.asarray(region.vertices), np.asarray(region.local)
     tris = np.asarray(m.tris)
     num_kept = len(verts)
@@ -204,7 +196,7 @@ def test_photo_region_keeps_what_the_loss_reads_with_exact_normals(synthetic_mod
     # The kept triangles are the model's (in local ids) and the sub-mesh passes the VJP's check.
     sub_tris = np.asarray(region.tris)
     assert set(map(tuple, verts[sub_tris])) <= set(map(tuple, tris))
-    assert batched.point_buf_is_complete(sub_tris, region.point_buf)
+    assert point_buf_is_complete(sub_tris, region.point_buf)
     # Normals on the sub-mesh equal the full model's on every region vertex.
     rng = np.random.default_rng(0)  # the shapes of `full_normals`
     shapes = jnp.asarray(m.mean_shape[None] + 1e-3 * rng.normal(size=(3, *m.mean_shape.shape)), jnp.float32)
@@ -212,7 +204,7 @@ def test_photo_region_keeps_what_the_loss_reads_with_exact_normals(synthetic_mod
     _, ref, _, _ = full_normals
     np.testing.assert_allclose(sub[:, local[region_verts]], ref[:, region_verts], atol=1e-5)
     # A traced model (fit under an outer jit) keeps the whole mesh.
-    traced = jax.eval_shape(batched.photo_region, m)
+    traced = jax.eval_shape(photo_region, m)
     assert traced.vertices.shape == (m.num_vertices,) and traced.tris.shape == m.tris.shape
 
 
@@ -299,8 +291,8 @@ def test_batch_samples_layout_and_interpolation():
     frags = jax.tree.map(lambda *x: jnp.stack(x), *[f for _, _, f in cases])
     keeps = jnp.asarray(np.stack([_keep(rng, f.tri_id, n) for (_, _, f), n in zip(cases, (30, 40, 55))]))
     images = jnp.asarray(rng.random((batch, H, W, 3)), jnp.float32)
-    per_image = jax.jit(jax.vmap(lambda f, k, im: batched.pixel_samples(f.tri_id, tris, k, im, size)))(frags, keeps, images)
-    s = jax.jit(batched.batch_samples, static_argnums=5)(*per_image, num_verts)
+    per_image = jax.jit(jax.vmap(lambda f, k, im: pixel_samples(f.tri_id, tris, k, im, size)))(frags, keeps, images)
+    s = jax.jit(batch_samples, static_argnums=5)(*per_image, num_verts)
 
     assert s.corners.shape == (3, batch, size) and s.corners.dtype == jnp.int32
     for x in (s.px, s.py, s.weight):
@@ -314,8 +306,8 @@ def test_batch_samples_layout_and_interpolation():
     np.testing.assert_array_equal(jnp.sum(s.weight > 0, 1), [30, 40, 40])  # the third one thinned
 
     colors = rng.random((batch, num_verts, 3)).astype(np.float32)
-    screen = (verts[..., 0].T, verts[..., 1].T, 1.0 / verts[..., 2].T)
-    got = jax.jit(batched.interpolate_samples)(tuple(colors[..., c].T for c in range(3)), screen, s)
+    screen = (verts[..., 0].T, verts[..., 1].T, verts[..., 2].T)
+    got = jax.jit(interpolate_samples)(tuple(colors[..., c].T for c in range(3)), screen, s)
     for i in range(batch):
         real = np.asarray(s.weight[i]) > 0
         rows, cols = np.asarray(s.py[i, real]).astype(int), np.asarray(s.px[i, real]).astype(int)
@@ -338,14 +330,14 @@ def photo_case(synthetic_model):
     rng = np.random.default_rng(7)
     noise = Coeffs(id=0.3, exp=0.3, tex=0.3, angle=0.02, gamma=0.05, trans=0.01)
     coeffs = Coeffs(*(x + jnp.asarray(s * rng.normal(size=x.shape), jnp.float32) for x, s in zip(scene.coeffs, noise)))
-    frags = jax.jit(jax.vmap(_rasterize_face, in_axes=(None, 0, None)), static_argnums=2)(m, coeffs, CAMERA)
-    return m, coeffs, scene.images, _flip_landmarks(scene.landmarks, CAMERA), frags
+    frags = jax.jit(jax.vmap(lambda c: render(m, c, CAMERA).fragments))(coeffs)
+    return m, coeffs, scene.images, flip_y(scene.landmarks, CAMERA.image_size), frags
 
 
 def test_refresh_z_buffer_matches_the_renderer(photo_case):
     """The fit's refresh rasterizes posed positions alone; same ids as the full renderer."""
     m, coeffs, _, _, frags = photo_case
-    ids = jax.jit(jax.vmap(_triangle_ids, in_axes=(None, 0, None)), static_argnums=2)(m, coeffs, CAMERA)
+    ids = jax.jit(z_buffers, static_argnums=2)(m, coeffs, CAMERA)
     assert ids.dtype == jnp.int32 and float(jnp.mean(ids >= 0)) > 0.2
     np.testing.assert_array_equal(ids, frags.tri_id)
 
@@ -360,22 +352,21 @@ def test_light_solve_matches_a_per_pixel_reference(synthetic_model):
 
     @jax.jit
     def solve(model, region, coeffs, images):
-        bases = batched.prepare(model, region)
-        ids = jax.vmap(_triangle_ids, in_axes=(None, 0, None))(model, coeffs, CAMERA)
-        return _solve_light(bases, coeffs, _samples(model, bases, ids, images, 224 * 224 // 2), CAMERA, ridge)
+        samples = region_samples(model, region, z_buffers(model, coeffs, CAMERA), images, 224 * 224 // 2)
+        return solve_light(region_bases(model, region), coeffs, samples, CAMERA, ridge)
 
     @jax.jit
     def features(model, coeffs):  # per pixel: albedo_c * Y_k, [B, H * W, 3, 9], and the region mask
         def one(c):
             face = formation.form_face(model, c, CAMERA)
             feats = (face.albedo[:, :, None] * formation.sh_basis(face.normals)[:, None, :]).reshape(-1, 27)
-            frags = _rasterize_face(model, c, CAMERA)
+            frags = render(model, c, CAMERA).fragments
             pix = interpolate(feats, frags, model.tris, formation.screen_coords(face.uv, face.depth, CAMERA))
             return pix.reshape(-1, 3, 9), losses.region_mask(model, frags.tri_id).reshape(-1)
 
         return jax.vmap(one)(coeffs)
 
-    got = np.asarray(solve(m, batched.photo_region(m), coeffs, scene.images))
+    got = np.asarray(solve(m, photo_region(m), coeffs, scene.images))
     assert got.shape == (3, 27) and got.dtype == np.float32
     pix, mask = (np.asarray(x, np.float64) for x in features(m, coeffs))
     images = np.asarray(scene.images, np.float64).reshape(3, -1, 3)
@@ -386,16 +377,19 @@ def test_light_solve_matches_a_per_pixel_reference(synthetic_model):
             gram = a[:, c].T @ a[:, c]
             gram += ridge * (np.trace(gram) / 9 + 1e-6) * np.eye(9)
             want = np.linalg.solve(gram, a[:, c].T @ rhs[:, c])
-            np.testing.assert_allclose(got[b, 9 * c : 9 * c + 9], want, atol=2e-4 * np.abs(want).max() + 1e-5)
+            # float32 Gram sums over ~15k pixels: the ill-conditioned channels carry ~1e-4 relative noise.
+            np.testing.assert_allclose(got[b, 9 * c : 9 * c + 9], want, atol=3e-4 * np.abs(want).max() + 1e-5)
 
 
 def _terms_vm(model, region, coeffs, images, targets, frags, size):
-    bases = batched.prepare(model, region)
-    return _batch_terms(model, bases, coeffs, targets, _samples(model, bases, frags.tri_id, images, size), CAMERA)
+    samples = region_samples(model, region, frags.tri_id, images, size)
+    terms = photo_terms(PhotoData(region_bases(model, region), None, samples), coeffs, targets, CAMERA)
+    terms["albedo"] = losses.albedo_regularizer_per_image(losses.albedo_prior(model, region.skin), coeffs.tex)
+    return terms
 
 
 def _terms_ref(model, coeffs, images, targets, frags):
-    face = lambda c, im, t, f: _face_terms(model, c, im, t, f, CAMERA, True)  # noqa: E731
+    face = lambda c, im, t, f: face_terms(model, c, im, t, f, CAMERA)  # noqa: E731
     return jax.vmap(face)(coeffs, images, targets, frags)
 
 
@@ -416,13 +410,13 @@ def photo_parity(photo_case):
     full = images.shape[1] * images.shape[2]
     half = int(jnp.min(jax.vmap(lambda f: jnp.sum(losses.region_mask(m, f.tri_id)))(frags))) // 2
 
-    region = batched.photo_region(m)  # concrete: the restricted mesh the fit uses
+    region = photo_region(m)  # concrete: the restricted mesh the fit uses
     assert region.vertices.shape[0] < 0.85 * m.num_vertices
 
     @jax.jit
     def batch_path(model, region, coeffs, images, targets, frags):
         terms = _with_jacobian(lambda c, *a: _terms_vm(model, region, c, *a, full), coeffs, images, targets, frags)
-        thin = _samples(model, batched.prepare(model, region), frags.tri_id, images, half)
+        thin = region_samples(model, region, frags.tri_id, images, half)
         photo = _terms_vm(model, region, coeffs, images, targets, frags, half)["photo"]
         return terms, photo, jnp.sum(thin.weight > 0, axis=1), jnp.sum(thin.weight, axis=1)
 
