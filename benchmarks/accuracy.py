@@ -24,7 +24,6 @@ reference path in the same process (`step_ms_per_face`).
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import time
 
@@ -83,35 +82,44 @@ def timed(fn, *args, repeats: int = 1, **kwargs):
 
 def step_comparison(model, scene, photo_fraction: float, repeats: int = 5):
     """ms/face of one photometric-stage objective + gradient at the scene's batch size: the
-    batch-minor path `fit` runs (`jaxface.batched`) against the per-face reference (vmapped
-    `fit._face_terms`, the renderer's `interpolate` over the whole crop), alternating in one
-    process on the same coefficients and z-buffer."""
-    fit_mod = importlib.import_module("jaxface.fit")  # the module (jaxface.fit is the function)
-    from jaxface import batched
+    batch-minor path `fit` runs (`fit.objective.objective` on the photometric region's pixel
+    samples) against the per-face reference (vmapped `fit.objective.face_terms`, the
+    renderer's `interpolate` over the whole crop), alternating in one process on the same
+    coefficients and z-buffer."""
     from jaxface.camera import Camera
-    from jaxface.losses import LossWeights
+    from jaxface.conventions import flip_y
+    from jaxface.fit.objective import PhotoData, face_terms, objective, region_samples
+    from jaxface.losses import LossWeights, albedo_prior, coeff_prior
+    from jaxface.losses import objective as weigh
+    from jaxface.model.region import photo_region, region_bases
+    from jaxface.render import render
 
     camera, w = Camera(), LossWeights()
     coeffs = scene.coeffs._replace(id=0.5 * scene.coeffs.id, exp=0.5 * scene.coeffs.exp)
     images = jnp.asarray(scene.images, jnp.float32) / 255.0 if scene.images.dtype == jnp.uint8 else scene.images
-    targets = fit_mod._flip_landmarks(scene.landmarks, camera)
-    frags = jax.jit(jax.vmap(lambda m, c: fit_mod._rasterize_face(m, c, camera), in_axes=(None, 0)))(model, coeffs)
+    targets = flip_y(scene.landmarks, camera.image_size)
+    valid = jnp.ones(coeffs.batch_shape, bool)
+    frags = jax.jit(jax.vmap(lambda m, c: render(m, c, camera).fragments, in_axes=(None, 0)))(model, coeffs)
     size = round(photo_fraction * camera.image_size**2)
-    bases = jax.jit(batched.prepare)(model, batched.photo_region(model))
-    samples = jax.jit(lambda m, b, f, i: fit_mod._samples(m, b, f, i, size))(model, bases, frags.tri_id, images)
+    region = photo_region(model)
 
-    def total(terms, c):
-        return jnp.sum(fit_mod._data(terms, w) + fit_mod._own_priors(c, terms["albedo"], w, False))
+    @jax.jit
+    def photo_data(m, region, tri_ids, images):
+        return PhotoData(region_bases(m, region), albedo_prior(m, region.skin),
+                         region_samples(m, region, tri_ids, images, size))
 
-    def batch_minor(c, m, b, s):
-        return total(fit_mod._batch_terms(m, b, c, targets, s, camera), c)
+    data = photo_data(model, region, frags.tri_id, images)
+
+    def batch_minor(c, m, d):
+        return objective(m, c, targets, valid, d, w, camera)[0]
 
     def per_face(c, m, f):
-        one = lambda c1, image, t, fr: fit_mod._face_terms(m, c1, image, t, fr, camera, True)
-        return total(jax.vmap(one)(c, images, targets, f), c)
+        one = lambda c1, image, t, fr: face_terms(m, c1, image, t, fr, camera)  # noqa: E731
+        terms = jax.vmap(one)(c, images, targets, f)
+        return jnp.sum(weigh({**terms, "reg": coeff_prior(c, w)}, w))
 
     runs = {
-        "batch_minor": (jax.jit(jax.value_and_grad(batch_minor)), (coeffs, model, bases, samples)),
+        "batch_minor": (jax.jit(jax.value_and_grad(batch_minor)), (coeffs, model, data)),
         "per_face_reference": (jax.jit(jax.value_and_grad(per_face)), (coeffs, model, frags)),
     }
     times = {name: [] for name in runs}

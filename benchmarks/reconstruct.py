@@ -24,8 +24,9 @@ from common import emit
 from jaxface import align
 from jaxface.coeffs import Coeffs
 from jaxface.formation import form_faces
+from jaxface.render import render_faces
 from jaxface.model.synthetic import synthetic_face_model
-from jaxface.reconstruct import ReconstructConfig, Reconstructor, _render_batch
+from jaxface.reconstruct import ReconstructConfig, Reconstructor
 from jaxface.rnet import RNetConfig, init_rnet, predict, save_rnet
 
 IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
@@ -54,7 +55,8 @@ def stage_times(recon: Reconstructor, images, lms, repeats: int) -> dict:
         jax.block_until_ready(form_faces(recon.model, coeffs, recon.camera))
         out["formation"].append(time.perf_counter() - t)
         t = time.perf_counter()
-        rendered, mask = jax.block_until_ready(_render_batch(recon.model, coeffs))
+        _, out_r = jax.block_until_ready(render_faces(recon.model, coeffs, recon.camera))
+        rendered, mask = out_r.image, out_r.mask
         out["render"].append(time.perf_counter() - t)
         t = time.perf_counter()
         for k, a in enumerate(aligned):

@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from render_fixtures import face_model  # noqa: E402  (test mesh on the real BFM09 topology)
 
-from jaxface import Coeffs, form_face  # noqa: E402
+from jaxface import Coeffs, form_faces  # noqa: E402
 from jaxface.formation import screen_coords  # noqa: E402
 from jaxface.render import render_mesh  # noqa: E402
 from jaxface.render.barycentric import NEAR
@@ -93,7 +93,7 @@ def main():
         angle=jnp.asarray(rng.normal(0, 0.15, (batch, 3)), jnp.float32),
         trans=jnp.asarray(rng.normal(0, 0.1, (batch, 3)), jnp.float32),
     )
-    faces = jax.vmap(form_face, in_axes=(None, 0))(model, coeffs)
+    faces = form_faces(model, coeffs)
     verts = jax.vmap(screen_coords)(faces.uv, faces.depth)
     colors = jnp.clip(faces.colors, 0, 1)
     target = jnp.full((batch, SIZE, SIZE, 3), 0.5, jnp.float32)

@@ -14,11 +14,12 @@ import numpy as np
 
 from common import alternate, emit, time_compile
 from jaxface import Camera, Coeffs, formation
+from jaxface.formation.face import SH_A, SH_C
 from jaxface.model.synthetic import synthetic_face_model
 
 
 def numpy_sh(n):
-    a, c = formation._A, formation._C
+    a, c = SH_A, SH_C
     x, y, z = n[..., 0], n[..., 1], n[..., 2]
     k0, k1, k2 = a[0] * c[0], a[1] * c[1], a[2] * c[2]
     return np.stack([np.full_like(x, k0), -k1 * y, k1 * z, -k1 * x, k2 * x * y, -k2 * y * z,
@@ -57,7 +58,7 @@ def numpy_form(m, vec, cam=Camera()):
 
 @jax.jit
 def colors_uv(model, coeffs):
-    face = jax.vmap(formation.form_face, in_axes=(None, 0))(model, coeffs)
+    face = formation.form_faces(model, coeffs, Camera())
     return face.colors, face.uv
 
 

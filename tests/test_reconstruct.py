@@ -14,7 +14,9 @@ from jaxface.demo import make_photos, run
 from jaxface.errors import MissingFileError
 from jaxface.fit import FitConfig
 from jaxface.outputs import load_mat, load_obj, read_failures_csv
-from jaxface.reconstruct import ReconstructConfig, Reconstructor, _render_batch, bucket_size, save_outputs
+from jaxface.outputs import save_outputs
+from jaxface.reconstruct import ReconstructConfig, Reconstructor, bucket_size
+from jaxface.render import render_faces
 
 # One fit schedule and batch size 2 everywhere, so the whole module compiles `fit` twice
 # (68- and 5-point landmarks) instead of once per test.
@@ -83,9 +85,9 @@ def test_outputs_round_trip(result, synthetic_model, tmp_path):
 
 def test_same_bucket_does_not_recompile(recon, photos):
     images, lm68, _, _ = photos
-    before = _render_batch._cache_size()
+    before = render_faces._cache_size()
     one = recon([images[1]], [lm68[1]])  # 1 image -> padded to bucket 2: the fixture's program
-    assert one.ok.all() and _render_batch._cache_size() == before
+    assert one.ok.all() and render_faces._cache_size() == before
 
 
 def test_rnet_without_weights_is_a_clear_error(synthetic_model, tmp_path):

@@ -23,8 +23,8 @@ from jaxface.model.face_model import FaceModel
 from jaxface.model.region import Bases, mesh_tables, model_bases
 
 # SH constants (SPEC "lighting").
-_A = (np.pi, 2 * np.pi / np.sqrt(3.0), 2 * np.pi / np.sqrt(8.0))
-_C = (1 / np.sqrt(4 * np.pi), np.sqrt(3.0) / np.sqrt(4 * np.pi), 3 * np.sqrt(5.0) / np.sqrt(12 * np.pi))
+SH_A = (np.pi, 2 * np.pi / np.sqrt(3.0), 2 * np.pi / np.sqrt(8.0))
+SH_C = (1 / np.sqrt(4 * np.pi), np.sqrt(3.0) / np.sqrt(4 * np.pi), 3 * np.sqrt(5.0) / np.sqrt(12 * np.pi))
 AMBIENT_OFFSET = 0.8
 
 
@@ -68,7 +68,7 @@ def project(points, camera: Camera = Camera()):
 
 def sh_terms(x, y, z):
     """The nine SH basis values (a list, each shaped like x) of unit normals (x, y, z)."""
-    a0c0, a1c1, a2c2 = _A[0] * _C[0], _A[1] * _C[1], _A[2] * _C[2]
+    a0c0, a1c1, a2c2 = SH_A[0] * SH_C[0], SH_A[1] * SH_C[1], SH_A[2] * SH_C[2]
     return [
         jnp.full_like(x, a0c0),
         -a1c1 * y,

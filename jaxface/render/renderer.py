@@ -68,14 +68,14 @@ def render(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera(), backgrou
     """Render ONE face (coefficient fields without a batch axis) at camera.image_size squared.
 
     Face formation (shape, pose, SH-lit vertex colours, projection) is `form_face`; the
-    mesh goes through `render_mesh`. Batch with `jax.vmap(render, in_axes=(None, 0))`.
+    mesh goes through `render_mesh`. For a batch, `render_faces` forms all faces at once.
     """
     for name, width in LAYOUT:
         shape = jnp.shape(getattr(coeffs, name))
         if shape != (width,):
             raise ValueError(
                 f"coeffs.{name} has shape {shape}, expected ({width},) for one face; "
-                "for a batch use jax.vmap(render, in_axes=(None, 0))"
+                "for a batch use jaxface.render.render_faces"
             )
     _check_background(background, camera.image_size, camera.image_size)
     return _render(model, coeffs, camera, background)
