@@ -1,10 +1,4 @@
-"""Per-image result files: `.mat` (both reference layouts), `.obj`, overlay `.png`, `failures.csv`.
-
-Every writer goes through `jaxface.fileio.atomic_path` (temp file beside the destination,
-renamed on success), so an interrupted run never leaves a half-written result, and an older
-result survives a failed rewrite. File names come from `result_paths` / `output_path`, which
-keep every path inside the output folder; `sanitize_stem` turns an image's file name into a
-safe stem.
+"""Result files in the references' formats: `.mat` (both layouts), `.obj`, `.png`.
 
 Conventions of the files (checked against both references):
 - `.mat`, TensorFlow keys (Deep3DFaceReconstruction demo.py): `cropped_img` u8[224, 224, 3]
@@ -17,119 +11,32 @@ Conventions of the files (checked against both references):
 - `.obj`: `v x y z r g b` (colour 0-1) then `f a b c` one-based.
 """
 
+
 from __future__ import annotations
 
-import contextlib
-import csv
 import io
 import math
 import os
 import re
-from dataclasses import dataclass, field
-from pathlib import Path, PureWindowsPath
+from pathlib import Path
 
 import numpy as np
 
 from jaxface.coeffs import LAYOUT, NUM_COEFFS, Coeffs
-from jaxface.conventions import CROP_SIZE, five_from_68
-from jaxface.fileio import atomic_path
+from jaxface.conventions import CROP_SIZE
+from jaxface.outputs.paths import atomic_output
 
-OK = "ok"  # the status of a photo that was reconstructed
 MAX_MAT_BYTES = 256 << 20   # a result .mat is about 1.5 MB
 MAX_MAT_ELEMENTS = 1 << 24  # per key; the largest (recon_img, per-vertex arrays) hold about 200,000
 MAX_OBJ_BYTES = 1 << 30     # a 35,709-vertex .obj is about 4 MB
-MAX_STEM_CHARS = 200        # leaves room for suffixes under the usual 255-byte name limit
 
 TF_KEYS = ("cropped_img", "recon_img", "coeff", "face_shape", "face_texture", "face_color", "lm_68p", "lm_5p")
 TORCH_KEYS = tuple(name for name, _ in LAYOUT) + ("lm68",)
-RESULT_KINDS = ("mat", "obj", "overlay")
-
-
-class OutputPathError(ValueError):
-    """A result name would escape the output folder or is not a usable file name."""
-
-
-class OutputWriteError(OSError):
-    """The output folder cannot be written (read-only, missing permission, disk full)."""
-
-
-# ----------------------------------------------------------------------------- paths
-
-_UNSAFE = re.compile(r"[^\w.\-]+")
-
-
-def sanitize_stem(stem: str) -> str:
-    """A file-name stem made safe to join onto the output folder.
-
-    Runs of characters other than letters, digits, `_`, `.`, `-` become `_`; leading dots
-    (hidden files, `..`) are dropped; the result is cut to 200 characters. Distinct stems can
-    map to the same result (`a b` and `a_b`); callers that care should check for collisions.
-    """
-    safe = _UNSAFE.sub("_", stem).lstrip(".")[:MAX_STEM_CHARS]
-    if not safe.strip("_"):
-        raise OutputPathError(f"image name {stem!r} leaves no usable characters for a result file name; "
-                              "rename the image")
-    return safe
-
-
-def output_path(out_dir: str | os.PathLike, name: str) -> Path:
-    """`out_dir / name`, refusing names that could leave `out_dir` (separators, `..`, absolute, NUL)."""
-    if not name or name in (".", "..") or any(c in name for c in "/\\\0") or PureWindowsPath(name).drive:
-        raise OutputPathError(
-            f"result file name {name!r} is not a plain file name (path separators, '..' or NUL are refused "
-            "so that results stay inside the output folder); pass a name made by sanitize_stem")
-    return Path(out_dir) / name
-
-
-@dataclass(frozen=True)
-class ResultPaths:
-    """Where the results of one image go: `STEM.mat`, `STEM.obj`, `STEM_overlay.png`."""
-
-    mat: Path
-    obj: Path
-    overlay: Path
-
-    def of(self, kind: str) -> Path:
-        if kind not in RESULT_KINDS:
-            raise ValueError(f"unknown result kind {kind!r}; expected one of {RESULT_KINDS}")
-        return getattr(self, kind)
-
-
-def result_paths(out_dir: str | os.PathLike, stem: str) -> ResultPaths:
-    """The result files of `stem` (already sanitized; see `sanitize_stem`) inside `out_dir`."""
-    return ResultPaths(
-        mat=output_path(out_dir, f"{stem}.mat"),
-        obj=output_path(out_dir, f"{stem}.obj"),
-        overlay=output_path(out_dir, f"{stem}_overlay.png"),
-    )
-
-
-def outputs_exist(out_dir: str | os.PathLike, stem: str, kinds: tuple[str, ...] = RESULT_KINDS) -> bool:
-    """True when every result of `kinds` for `stem` exists and is non-empty (a resumable run skips it).
-
-    Writes are atomic, so an existing file is a complete one.
-    """
-    paths = result_paths(out_dir, stem)
-    return all(paths.of(k).is_file() and paths.of(k).stat().st_size > 0 for k in kinds)
-
-
-@contextlib.contextmanager
-def atomic_output(path: str | os.PathLike):
-    """`jaxface.fileio.atomic_path`, with OS errors (read-only folder, disk full) turned into
-    an OutputWriteError that names the file, the folder and the fix."""
-    path = Path(path)
-    try:
-        with atomic_path(path) as tmp:
-            yield tmp
-    except OSError as e:
-        msg = (f"cannot write {path}: {e.strerror or e}. Check that the output folder "
-               f"{path.parent} is a writable folder with free space, or choose another output folder")
-        raise OutputWriteError(*((e.errno, msg) if e.errno else (msg,))) from e
 
 
 # ----------------------------------------------------------------------------- array checks
 
-def _array(name: str, a, shape: tuple, dtype=np.float32, finite: bool = True) -> np.ndarray:
+def check_array(name: str, a, shape: tuple, dtype=np.float32, finite: bool = True) -> np.ndarray:
     """`a` as `dtype` with `shape` (None = any size); a clear error otherwise."""
     a = np.asarray(a)
     if a.ndim != len(shape) or any(s is not None and s != d for s, d in zip(shape, a.shape)):
@@ -147,7 +54,7 @@ def _image_255(name: str, img) -> np.ndarray:
         raise ValueError(f"{name} has shape {img.shape}; expected [{CROP_SIZE}, {CROP_SIZE}, 3] (or 4 with alpha)")
     if img.dtype == np.uint8:
         return img.astype(np.float32)
-    img = _array(name, img, img.shape)
+    img = check_array(name, img, img.shape)
     if img.min() < -1e-3 or img.max() > 1 + 1e-3:
         raise ValueError(f"{name} is a float image with values in [{img.min():.3g}, {img.max():.3g}]; "
                          "float images must be 0-1 (pass uint8 for 0-255)")
@@ -193,18 +100,18 @@ def save_mat(
     crop = np.asarray(cropped_img)
     if crop.dtype != np.uint8 or crop.shape != (CROP_SIZE, CROP_SIZE, 3):
         raise ValueError(f"cropped_img is {crop.dtype}{list(crop.shape)}; expected uint8[224, 224, 3] RGB")
-    shape = _array("face_shape", face_shape, (None, 3))
+    shape = check_array("face_shape", face_shape, (None, 3))
     n = shape.shape[0]
-    lm68 = _array("lm_68p", lm_68p, (68, 2))
+    lm68 = check_array("lm_68p", lm_68p, (68, 2))
     data = {
         "cropped_img": crop,
         "recon_img": _image_255("recon_img", recon_img),
         "coeff": vec,
         "face_shape": shape,
-        "face_texture": _array("face_texture", face_texture, (n, 3)) * np.float32(255),
-        "face_color": _array("face_color", face_color, (n, 3)) * np.float32(255),
+        "face_texture": check_array("face_texture", face_texture, (n, 3)) * np.float32(255),
+        "face_color": check_array("face_color", face_color, (n, 3)) * np.float32(255),
         "lm_68p": lm68,
-        "lm_5p": _array("lm_5p", lm_5p, (5, 2)),
+        "lm_5p": check_array("lm_5p", lm_5p, (5, 2)),
         "lm68": lm68[None],
     }
     data.update(_split(vec))
@@ -316,9 +223,9 @@ _F_FMT = "f %d %d %d\n"
 
 def format_obj(vertices: np.ndarray, colors: np.ndarray, tris: np.ndarray) -> bytes:
     """The `.obj` text of a vertex-coloured triangle mesh (see `save_obj`)."""
-    v = _array("vertices", vertices, (None, 3))
+    v = check_array("vertices", vertices, (None, 3))
     n = v.shape[0]
-    c = np.clip(_array("colors", colors, (n, 3)), 0, 1)
+    c = np.clip(check_array("colors", colors, (n, 3)), 0, 1)
     t = np.asarray(tris)
     if t.ndim != 2 or t.shape[1] != 3 or not np.issubdtype(t.dtype, np.integer):
         raise ValueError(f"tris is {t.dtype}{list(t.shape)}; expected integer [T, 3]")
@@ -382,157 +289,3 @@ def _records(path: Path, tag: bytes, lines: list[bytes], widths: tuple[int, ...]
         raise ValueError(f"{path}: every '{tag.decode()}' line must hold {' or '.join(map(str, widths))} numbers"
                          + ("; only triangle meshes are read" if tag == b"f" else "") + detail)
     return table
-
-
-# ----------------------------------------------------------------------------- overlay
-
-def blend_overlay(image: np.ndarray, rendering: np.ndarray, mask: np.ndarray, alpha: float = 1.0) -> np.ndarray:
-    """u8[H, W, 3]: photo * (1 - w) + 255 * rendering * w, with w = alpha * clip(mask, 0, 1), rounded.
-
-    alpha = 1 is the PyTorch reference's visualisation (rendering replaces the covered pixels).
-    """
-    img = np.asarray(image)
-    if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
-        raise ValueError(f"overlay image is {img.dtype}{list(img.shape)}; expected uint8[H, W, 3] RGB")
-    h, w = img.shape[:2]
-    ren = _array("rendering", rendering, (h, w, 3))
-    m = _array("mask", mask, (h, w))
-    if not 0 <= alpha <= 1:
-        raise ValueError(f"alpha is {alpha}; expected 0-1")
-    wgt = (np.float32(alpha) * np.clip(m, 0, 1))[..., None]
-    out = img.astype(np.float32) * (1 - wgt) + np.clip(ren, 0, 1) * np.float32(255) * wgt
-    return np.clip(np.rint(out), 0, 255).astype(np.uint8)
-
-
-def draw_landmarks(image: np.ndarray, landmarks: np.ndarray, color=(255, 0, 0), radius: int | None = None) -> np.ndarray:
-    """A copy of u8[H, W, 3] with filled dots at landmarks f32[N, 2] (pixel x right, y down).
-
-    Sub-pixel centres (cv2 fixed-point shift); the radius defaults to about 1/300 of the
-    larger side (at least 1 px). Dots outside the image are clipped away.
-    """
-    import cv2
-
-    pts = _array("landmarks", landmarks, (None, 2), np.float64)
-    h, w = image.shape[:2]
-    r = max(1, round(max(h, w) / 300)) if radius is None else int(radius)
-    out = np.ascontiguousarray(image).copy()
-    shift = 4
-    for x, y in np.rint(pts * (1 << shift)).astype(np.int64):
-        if abs(x) < 1 << 30 and abs(y) < 1 << 30:  # cv2 takes 32-bit coordinates
-            cv2.circle(out, (int(x), int(y)), r << shift, tuple(int(c) for c in color), -1, cv2.LINE_AA, shift)
-    return out
-
-
-def save_overlay(
-    path: str | os.PathLike,
-    image: np.ndarray,
-    rendering: np.ndarray,
-    mask: np.ndarray,
-    landmarks: np.ndarray | None = None,
-    alpha: float = 1.0,
-) -> Path:
-    """Write the rendering blended over the photo (`blend_overlay`) with landmark dots, as PNG.
-
-    image: u8[H, W, 3] RGB   rendering: f32[H, W, 3] 0-1   mask: f32[H, W] 0-1
-    landmarks: f32[N, 2] | None   pixel coordinates, x right, y down
-    """
-    out = blend_overlay(image, rendering, mask, alpha)
-    if landmarks is not None:
-        out = draw_landmarks(out, landmarks)
-    return save_png(path, out)
-
-
-def save_png(path: str | os.PathLike, image: np.ndarray) -> Path:
-    """Write u8[H, W, 3] RGB as a PNG, atomically."""
-    import cv2
-
-    ok, buf = cv2.imencode(".png", np.ascontiguousarray(image[:, :, ::-1]))  # cv2 encodes BGR
-    if not ok:
-        raise RuntimeError(f"OpenCV could not encode {path} as PNG")
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_bytes(buf.tobytes())
-    return path
-
-
-# ----------------------------------------------------------------------------- failures.csv
-
-FAILURE_COLUMNS = ("image", "stage", "message")
-
-
-@dataclass(frozen=True)
-class Failure:
-    """One image that produced no result: which file, at which stage, and why."""
-
-    image: str
-    stage: str
-    message: str
-
-
-def write_failures_csv(path: str | os.PathLike, rows) -> Path:
-    """Write `failures.csv` (header image,stage,message; one row per Failure) atomically."""
-    buf = io.StringIO()
-    writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(FAILURE_COLUMNS)
-    for r in rows:
-        writer.writerow([str(r.image), r.stage, " ".join(str(r.message).split())])  # one line per row
-    path = Path(path)
-    with atomic_output(path) as tmp:
-        tmp.write_text(buf.getvalue(), encoding="utf-8")
-    return path
-
-
-def read_failures_csv(path: str | os.PathLike) -> list[Failure]:
-    """The rows of a `failures.csv` written by `write_failures_csv`."""
-    path = Path(path)
-    with open(path, newline="", encoding="utf-8") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None or tuple(header) != FAILURE_COLUMNS:
-            raise ValueError(f"{path}: expected the header {','.join(FAILURE_COLUMNS)}")
-        return [Failure(*row) for row in reader if len(row) == 3]
-
-
-@dataclass
-class FailureLog:
-    """Failures of a batch run, collected as they happen; `write` rewrites the csv atomically."""
-
-    rows: list[Failure] = field(default_factory=list)
-
-    def add(self, image: str | os.PathLike, stage: str, error: BaseException | str) -> Failure:
-        msg = f"{type(error).__name__}: {error}" if isinstance(error, BaseException) else str(error)
-        row = Failure(str(image), stage, msg)
-        self.rows.append(row)
-        return row
-
-    def __len__(self) -> int:
-        return len(self.rows)
-
-    def write(self, path: str | os.PathLike) -> Path:
-        return write_failures_csv(path, self.rows)
-
-
-def save_outputs(recon, i: int, out_dir, stem: str, tris) -> None:
-    """Write image i of a `jaxface.Reconstruction`: `STEM.mat` (both reference layouts),
-    `STEM.obj`, `STEM_overlay.png`.
-
-    As both references do, the mesh and `face_shape` are the posed shape; landmarks in the
-    .mat are crop pixels (y down); the overlay is in original-image pixels with landmarks.
-    """
-    if recon.status[i] != OK:
-        raise ValueError(f"image {i} has no result ({recon.status[i]})")
-    where = result_paths(out_dir, sanitize_stem(stem))
-    lm68 = recon.crop_landmarks[i]
-    save_mat(
-        where.mat,
-        coeffs=Coeffs(*(np.asarray(x[i]) for x in recon.coeffs)),
-        cropped_img=recon.crops[i],
-        recon_img=recon.rendered[i],
-        face_shape=recon.vertices[i],
-        face_texture=recon.albedo[i],
-        face_color=recon.colors[i],
-        lm_68p=lm68,
-        lm_5p=five_from_68(lm68),
-    )
-    save_obj(where.obj, recon.vertices[i], recon.colors[i], np.asarray(tris))
-    save_png(where.overlay, draw_landmarks(recon.overlays[i], recon.landmarks[i]))
