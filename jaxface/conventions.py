@@ -44,15 +44,20 @@ LANDMARK_WEIGHTS = _landmark_weights()  # f32[68]
 FIVE_POINT_WEIGHTS = np.array([1.0, 1.0, 20.0, 1.0, 1.0], np.float32)
 
 
+def flip_row(y, size: int = CROP_SIZE):
+    """A y coordinate counted up <-> a row counted down: y' = size - 1 - y (any array)."""
+    return size - 1 - y
+
+
 def flip_y(points, size: int = CROP_SIZE):
-    """Points f[..., 2] with y counted up <-> rows counted down: y' = size - 1 - y.
+    """Points f[..., 2] (x, y) with `flip_row` applied to y.
 
     numpy in, numpy out (float64 for integer input); jax arrays stay jax arrays."""
     if isinstance(points, np.ndarray) or np.isscalar(points) or isinstance(points, (list, tuple)):
         p = np.array(points, np.result_type(np.asarray(points).dtype, np.float32), copy=True)
-        p[..., 1] = size - 1 - p[..., 1]
+        p[..., 1] = flip_row(p[..., 1], size)
         return p
-    return jnp.stack([points[..., 0], size - 1 - points[..., 1]], axis=-1)
+    return jnp.stack([points[..., 0], flip_row(points[..., 1], size)], axis=-1)
 
 
 def five_from_68(lm68):

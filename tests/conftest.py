@@ -61,7 +61,6 @@ def tiny_model():
         point_buf=jnp.asarray(buf),
         keypoints=jnp.asarray(rng.integers(0, v, 68).astype(np.int32)),
         front_mask_idx=jnp.arange(v, dtype=jnp.int32),
-        front_tris=jnp.asarray(tris),
         skin_mask=jnp.ones(v, jnp.float32),
         name="tiny-test",
         synthetic=True,

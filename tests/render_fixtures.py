@@ -56,7 +56,6 @@ def face_model() -> FaceModel:
         point_buf=jnp.asarray(point_buf),
         keypoints=jnp.asarray(keypoints),
         front_mask_idx=jnp.arange(nv, dtype=jnp.int32),
-        front_tris=jnp.asarray(tris),
         skin_mask=jnp.asarray(skin),
         name="test height field",
         synthetic=True,

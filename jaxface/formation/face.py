@@ -18,6 +18,7 @@ import numpy as np
 
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
+from jaxface.conventions import flip_row
 from jaxface.formation.normals import vertex_normals
 from jaxface.model.face_model import FaceModel
 from jaxface.model.region import Bases, mesh_tables, model_bases
@@ -98,7 +99,7 @@ def keypoint_landmarks(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera
 
 def screen_coords(uv, depth, camera: Camera = Camera()):
     """(uv v-up, depth) -> f32[N, 3] (x = column, y = top-down row, depth) for the rasterizer."""
-    return jnp.stack([uv[:, 0], camera.image_size - 1 - uv[:, 1], depth], axis=-1)
+    return jnp.stack([uv[:, 0], flip_row(uv[:, 1], camera.image_size), depth], axis=-1)
 
 
 # ----------------------------------------------------------------------------- batch minor
@@ -125,7 +126,7 @@ class Faces(NamedTuple):
 
     def screen(self, camera: Camera = Camera()):
         """(column, top-down row, depth), each f32[P, B]: the rasterizer's coordinates."""
-        return self.uv[0], camera.image_size - 1 - self.uv[1], self.depth
+        return self.uv[0], flip_row(self.uv[1], camera.image_size), self.depth
 
 
 def _linear(mean, terms):
@@ -178,7 +179,7 @@ def posed_screens(model: FaceModel, coeffs: Coeffs, camera: Camera = Camera()):
     and pose alone (no normals, albedo or light): all a z-buffer needs. The same
     arithmetic as `form_batch`, so the same pixels win."""
     _, _, _, uv, depth = _posed(model_bases(model), coeffs, camera)
-    return jnp.stack([uv[0], camera.image_size - 1 - uv[1], depth], axis=-1).transpose(1, 0, 2)
+    return jnp.stack([uv[0], flip_row(uv[1], camera.image_size), depth], axis=-1).transpose(1, 0, 2)
 
 
 # ----------------------------------------------------------------------------- per-face layout

@@ -217,7 +217,6 @@ def load_front_model(path, name: str | None = None) -> FaceModel:
         point_buf=jnp.asarray(index("point_buf", n_tri)),  # n_tri = the zero-normal pad
         keypoints=jnp.asarray(index("keypoints", v - 1).ravel()),
         front_mask_idx=jnp.asarray(index("frontmask2_idx", v - 1).ravel()),
-        front_tris=jnp.asarray(index("tri_mask2", m["frontmask2_idx"].shape[0] - 1)),
         skin_mask=jnp.asarray(m["skinmask"].astype(np.float32).ravel()),
         name=name or ("synthetic" if synthetic else "BFM09"),
         synthetic=synthetic,

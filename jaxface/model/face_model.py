@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
+
+import jax
 import jax.numpy as jnp
-from flax import struct
 
 
-@struct.dataclass
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class FaceModel:
     """Arrays are pytree leaves; `name` and `synthetic` are static metadata.
 
@@ -20,7 +23,6 @@ class FaceModel:
     point_buf: i32[V, 8]       zero-based triangle ids per vertex, padded with T
     keypoints: i32[68]         zero-based vertex indices of the 68 landmarks
     front_mask_idx: i32[F]     zero-based vertices of the photometric-loss region
-    front_tris: i32[TF, 3]     triangles of that region, zero-based into `front_mask_idx`
     skin_mask: f32[V]          1 on skin (albedo regularizer), 0 elsewhere
     """
 
@@ -33,10 +35,13 @@ class FaceModel:
     point_buf: jnp.ndarray
     keypoints: jnp.ndarray
     front_mask_idx: jnp.ndarray
-    front_tris: jnp.ndarray
     skin_mask: jnp.ndarray
-    name: str = struct.field(pytree_node=False, default="BFM09")
-    synthetic: bool = struct.field(pytree_node=False, default=False)
+    name: str = dataclasses.field(default="BFM09", metadata=dict(static=True))
+    synthetic: bool = dataclasses.field(default=False, metadata=dict(static=True))
+
+    def replace(self, **changes) -> "FaceModel":
+        """A copy with some fields changed."""
+        return dataclasses.replace(self, **changes)
 
     @property
     def num_vertices(self) -> int:
