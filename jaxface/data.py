@@ -24,12 +24,12 @@ from typing import Callable, Iterator, NamedTuple, Protocol
 import jax
 import numpy as np
 
-from jaxface.align import TARGET_SIZE, align_image, load_image, read_landmarks
+from jaxface.align import align_image, load_image, read_landmarks
 from jaxface.camera import Camera
+from jaxface.conventions import CROP_SIZE, IMAGE_SUFFIXES, flip_y
 from jaxface.model.face_model import FaceModel
 from jaxface.synth_data import SceneConfig, make_scene, to_uint8
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 NUM_DRAWS = 8  # uniform numbers per augmented sample, see `augment_crop`
 
 
@@ -170,7 +170,7 @@ class PhotoDataset:
             a = align_image(load_image(image_path), points)
         except (ValueError, FileNotFoundError) as e:
             raise ValueError(f"training sample {image_path}: {e}") from e
-        lm = np.stack([a.landmarks[:, 0], TARGET_SIZE - 1 - a.landmarks[:, 1]], -1).astype(np.float32)
+        lm = flip_y(np.asarray(a.landmarks), CROP_SIZE).astype(np.float32)
         with self._lock:
             self._cache[index] = (a.image, lm)
             if len(self._cache) > self._cache_size:
