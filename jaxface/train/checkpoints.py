@@ -13,7 +13,7 @@ from pathlib import Path
 import jax
 
 from jaxface.rnet import RNetConfig, load_rnet
-from jaxface.rnet.checkpoint import META_NAME
+from jaxface.rnet.checkpoint import META_NAME, weights_provenance
 from jaxface.rnet.network import abstract_variables
 from jaxface.train.step import StepSpec, TrainState, init_state
 
@@ -61,8 +61,7 @@ def load_init(path: str | Path) -> tuple[dict, RNetConfig, dict]:
     for folder in (path, path / "rnet"):
         if (folder / META_NAME).is_file():
             variables, config = load_rnet(folder)
-            source = json.loads((folder / META_NAME).read_text()).get("source", {})
-            return variables, config, {"path": str(folder), **source}
+            return variables, config, {"path": str(folder), **weights_provenance(folder)}
     if (path / CHECKPOINTS).is_dir() and (path / "train.json").is_file():
         info = json.loads((path / "train.json").read_text())
         config = RNetConfig.from_json(info["rnet"])

@@ -30,6 +30,7 @@ from jaxface.data import Batch, BatchSource, prefetch, to_device
 from jaxface.losses import LossWeights
 from jaxface.model.face_model import FaceModel
 from jaxface.rnet import RNetConfig, init_rnet, save_rnet
+from jaxface.rnet.checkpoint import face_model_source
 from jaxface.rnet.network import abstract_variables
 from jaxface.synth_data import SceneConfig
 from jaxface.train.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
@@ -84,8 +85,8 @@ def provenance(source: BatchSource, model: FaceModel, init_info: dict | None) ->
     """What the weights were trained on; SYNTHETIC data or a synthetic face model is said loudly."""
     data = source.describe()
     synthetic = data["kind"] == "SYNTHETIC" or bool(model.synthetic)
-    out = {"trained_by": "jaxface train", "data": data, "face_model": model.label,
-           "synthetic": synthetic, "init": init_info}
+    out = {"trained_by": "jaxface train", "data": data, **face_model_source(model), "synthetic": synthetic,
+           "init": init_info}
     if synthetic:
         out["warning"] = SYNTHETIC_WARNING
     return out
