@@ -1,7 +1,8 @@
 """Orbax checkpoints of a run (RUN/checkpoints/N/) and the weights a run starts from.
 
-A checkpoint holds {state: params, batch_stats, opt_state, step; meta: JSON} (the data
-position and the settings `--resume` must keep).
+A checkpoint holds {state: params, batch_stats, opt_state, step; meta: JSON}. The meta
+records the data position and the settings the state was trained with, which `--resume`
+compares against.
 """
 
 from __future__ import annotations
@@ -28,6 +29,13 @@ def checkpoint_manager(run_dir: str | Path, max_to_keep: int = 3):
     return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
 
 
+def latest_step(run_dir: str | Path) -> int | None:
+    """The latest checkpointed step of a run, None when it has none; creates nothing."""
+    if not (Path(run_dir) / CHECKPOINTS).is_dir():
+        return None
+    return checkpoint_manager(run_dir).latest_step()
+
+
 def save_checkpoint(manager, state: TrainState, meta: dict) -> None:
     """Save `state` (params, batch_stats, opt_state, step) + JSON `meta` under its step; waits."""
     import orbax.checkpoint as ocp
@@ -52,6 +60,13 @@ def restore_checkpoint(manager, like: TrainState, step: int | None = None) -> tu
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                          meta=ocp.args.JsonRestore()))
     return TrainState(*out["state"]), dict(out["meta"])
+
+
+def restore_meta(manager, step: int) -> dict:
+    """The JSON meta of checkpoint `step` alone (no arrays are read)."""
+    import orbax.checkpoint as ocp
+
+    return dict(manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"])
 
 
 def load_init(path: str | Path) -> tuple[dict, RNetConfig, dict]:

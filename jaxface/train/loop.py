@@ -1,21 +1,23 @@
-"""A training run: the run folder, the loop, logging, validation and export.
+"""A training run: checks, the run folder, the loop, progress, validation and export.
 
 Run folder:
-    train.json        what was trained: config, R-Net config, data source, face model
+    train.json        config, R-Net config, provenance, and one `segments` entry per start or resume
     metrics.csv       step, split, loss terms, images/s (appended on resume)
-    checkpoints/N/    orbax (`jaxface.train.checkpoints`); meta: data position, seed
+    checkpoints/N/    orbax (`jaxface.train.checkpoints`); meta: data position and the run's settings
     val/              overlays of the validation images (step_NNNNNNN_I.png)
     rnet/             the trained network in the inference format (`save_rnet`)
 
 Resume: batches are pure functions of (seed, step) (`jaxface.data`), so the iterator state
 is the step; `resume=True` restores the latest checkpoint and continues the identical stream.
+Settings that change the trajectory (`RESUME_SETTINGS`, the data, the face model) must match
+the checkpoint's unless `override=True`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import math
+import sys
 import time
 from functools import partial
 from pathlib import Path
@@ -33,14 +35,17 @@ from jaxface.rnet import RNetConfig, init_rnet, save_rnet
 from jaxface.rnet.checkpoint import face_model_source
 from jaxface.rnet.network import abstract_variables
 from jaxface.synth_data import SceneConfig
-from jaxface.train.checkpoints import checkpoint_manager, restore_checkpoint, save_checkpoint
+from jaxface.train.checkpoints import (checkpoint_manager, latest_step, restore_checkpoint, restore_meta,
+                                      save_checkpoint)
 from jaxface.train.devices import batch_sharding, check_batch_size, data_mesh, replicate
-from jaxface.train.progress import MetricsLog
+from jaxface.train.progress import MetricsLog, Progress
 from jaxface.train.step import (IdentityLoss, Rendered, StepSpec, TrainState, coefficient_weights, evaluate,
                                 init_state, train_step)
 
 SYNTHETIC_WARNING = ("trained on SYNTHETIC renders: a pre-training / demonstration network, "
                      "not a model for reconstructing real faces")
+# TrainConfig fields a resumed run must keep (else its optimizer or data stream changes).
+RESUME_SETTINGS = ("learning_rate", "batch_size", "seed", "supervised", "weights", "landmark_weight_supervised")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,15 +86,73 @@ def make_spec(config: TrainConfig, rnet: RNetConfig, scene: SceneConfig | None =
                     config.landmark_weight_supervised, identity, camera)
 
 
+def is_photos(data: dict) -> bool:
+    """Whether a source's `describe()` is of photos (anything but synthetic renders)."""
+    return data.get("kind") != "SYNTHETIC"
+
+
 def provenance(source: BatchSource, model: FaceModel, init_info: dict | None) -> dict:
     """What the weights were trained on; SYNTHETIC data or a synthetic face model is said loudly."""
     data = source.describe()
-    synthetic = data["kind"] == "SYNTHETIC" or bool(model.synthetic)
-    out = {"trained_by": "jaxface train", "data": data, **face_model_source(model), "synthetic": synthetic,
-           "init": init_info}
+    trained_on = "photos" if is_photos(data) else "synthetic renders"
+    synthetic = not is_photos(data) or bool(model.synthetic)
+    out = {"trained_by": "jaxface train", "trained_on": trained_on, "data": data, **face_model_source(model),
+           "synthetic": synthetic, "init": init_info}
     if synthetic:
         out["warning"] = SYNTHETIC_WARNING
     return out
+
+
+def run_settings(config: TrainConfig, source: BatchSource, model: FaceModel, identity: IdentityLoss | None) -> dict:
+    """What a resume must keep, as JSON stores it: `RESUME_SETTINGS`, the data and the face model."""
+    settings = {k: _jsonable(getattr(config, k)) for k in RESUME_SETTINGS}
+    settings.update(identity_weight=identity.weight if identity is not None else None, data=source.describe(),
+                    face_model=model.label)
+    return json.loads(json.dumps(settings))
+
+
+def check_inputs(config: TrainConfig, model: FaceModel, source: BatchSource) -> None:
+    """Refuse a data source that does not fit the config or the face model."""
+    if source.batch_size != config.batch_size:
+        raise ValueError(f"the data source makes batches of {source.batch_size}, the config says {config.batch_size}")
+    data = source.describe()
+    if is_photos(data) and model.synthetic:
+        # A network fitted to photos through the synthetic model regresses coefficients of a
+        # made-up face space; exported in the inference format it would pass for a real one.
+        raise ValueError(
+            f"training on photos needs the Basel Face Model, but the face model is {model.label}; pass --bfm "
+            "with a folder holding the Basel model. The synthetic model only supports supervised "
+            "pre-training on synthetic renders (`jaxface train --synthetic`)")
+    if config.supervised and is_photos(data):
+        raise ValueError("supervised training needs synthetic scenes with true coefficients (SyntheticSource); "
+                         f"got a {data.get('kind')} source")
+    if config.supervised and data.get("model") != model.label:
+        raise ValueError(f"the synthetic scenes' coefficients are of {data.get('model')}, training uses "
+                         f"{model.label}: use one face model for both")
+
+
+class RunRecord:
+    """RUN/train.json: the run's description, rewritten as its current segment advances."""
+
+    def __init__(self, path: Path, info: dict, segment: dict):
+        self.path, self.info, self.segment = path, info, segment
+        info.setdefault("segments", []).append(segment)
+        self._t0 = time.perf_counter()
+        self.save()
+
+    def advance(self, step: int, finished: bool = False) -> None:
+        self.segment["end_step"] = step
+        self.segment["seconds"] = round(time.perf_counter() - self._t0, 3)
+        if finished:
+            self.segment["finished"] = _now()
+        self.save()
+
+    def save(self) -> None:
+        self.path.write_text(json.dumps(self.info, indent=2) + "\n")
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 class TrainResult(NamedTuple):
@@ -99,86 +162,115 @@ class TrainResult(NamedTuple):
 
 
 def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: str | Path, *,
-          init: tuple[dict, RNetConfig, dict] | None = None, resume: bool = False,
+          init: tuple[dict, RNetConfig, dict] | None = None, resume: bool = False, override: bool = False,
           identity: IdentityLoss | None = None, devices=None, scene: SceneConfig | None = None,
-          log: Callable[[str], None] = print) -> TrainResult:
+          progress: bool | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Train for `config.steps` steps (total, counting resumed ones) and export to RUN/rnet.
 
     init: (variables, R-Net config, provenance) from `load_init`; None = fresh R-Net (torch layout).
     resume: continue from the latest checkpoint in RUN (fresh start when there is none).
+    override: let a resume change `RESUME_SETTINGS`, the data or the face model (recorded).
+    progress: a tqdm bar on stderr (default: when stderr is a terminal), else `log` lines.
+    Everything is checked before RUN is created or written.
     """
     run_dir = Path(run_dir).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if source.batch_size != config.batch_size:
-        raise ValueError(f"the data source makes batches of {source.batch_size}, the config says {config.batch_size}")
+    check_inputs(config, model, source)
     mesh = data_mesh(devices)
     check_batch_size(config.batch_size, mesh)
-    manager = checkpoint_manager(run_dir, config.max_to_keep)
-    if manager.latest_step() is not None and not resume:
-        raise ValueError(f"{run_dir} already holds checkpoints (up to step {manager.latest_step()}); pass "
+    last = latest_step(run_dir)
+    if last is not None and not resume:
+        raise ValueError(f"{run_dir} already holds checkpoints (up to step {last}); pass "
                          "--resume to continue that run, or choose a new --out folder")
-
-    meta = {"seed": config.seed, "batch_size": config.batch_size, "supervised": config.supervised}
-    resuming = resume and manager.latest_step() is not None
+    resuming = resume and last is not None
     if resuming:
+        if not (run_dir / "train.json").is_file():
+            raise FileNotFoundError(f"cannot resume {run_dir}: it holds checkpoints but no train.json")
         # The run's own R-Net layout and provenance; the checkpoint overwrites the variables.
         info = json.loads((run_dir / "train.json").read_text())
         rnet_config, init_info = RNetConfig.from_json(info["rnet"]), info["provenance"]["init"]
         variables = abstract_variables(rnet_config)
-    elif init is not None:
-        variables, rnet_config, init_info = init
     else:
-        rnet_config, init_info = RNetConfig(), None
-        variables = init_rnet(jax.random.key(config.seed), rnet_config)
+        info = {}
+        variables, rnet_config, init_info = init if init is not None else (None, RNetConfig(), None)
     spec = make_spec(config, rnet_config, scene, identity)
+    settings = run_settings(config, source, model, identity)
+    changed = {}
     if resuming:
+        manager = checkpoint_manager(run_dir, config.max_to_keep)
         like = jax.eval_shape(partial(init_state, spec=spec), variables)
         like = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=NamedSharding(mesh, P())), like)
-        state, saved = restore_checkpoint(manager, like)
-        for k, v in meta.items():
-            if saved.get(k) != v:
-                raise ValueError(f"cannot resume {run_dir}: it was trained with {k}={saved.get(k)!r}, now {v!r}; "
-                                 "use the same settings (or a new --out folder)")
-        log(f"resuming {run_dir} at step {int(state.step)} (data position {saved['position']} samples)")
+        if last >= config.steps:
+            log(f"nothing left to train: {run_dir} is at step {last} and --steps is {config.steps}; "
+                "pass a larger --steps to continue it")
+            state, _ = restore_checkpoint(manager, like, last)
+            export = run_dir / "rnet"
+            if not (export / "rnet.json").is_file():  # stopped between its last checkpoint and the export
+                export = export_rnet(state, rnet_config, run_dir, info["provenance"])
+            return TrainResult(state, run_dir, export)
+        saved = restore_meta(manager, last)
+        changed = changed_settings(saved, settings)
+        if changed and not override:
+            raise ValueError(f"cannot resume {run_dir} with other settings ({_describe(changed)}); use the run's "
+                             "settings, pass --override to continue with the new ones, or choose a new --out folder")
+        state, _ = restore_checkpoint(manager, like, last)
+        log(f"resuming {run_dir} at step {last} (data position {saved['position']} samples)"
+            + (f"; overriding {_describe(changed)}" if changed else ""))
     else:
+        manager = None
+        if variables is None:
+            variables = init_rnet(jax.random.key(config.seed), rnet_config)
         state = replicate(init_state(variables, spec), mesh)
+    start = int(state.step)
+    val_batch = source.validation_batch(config.val_images) if config.val_images else None
+
+    # Checked: from here on the run folder is written.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    manager = manager or checkpoint_manager(run_dir, config.max_to_keep)
     prov = provenance(source, model, init_info)
-    (run_dir / "train.json").write_text(json.dumps(
-        {"config": _jsonable(config), "rnet": rnet_config.to_json(), "provenance": prov}, indent=2) + "\n")
+    info.update(config=_jsonable(config), rnet=rnet_config.to_json(), provenance=prov)
+    segment = {"start_step": start, "end_step": start, "steps": config.steps, "settings": settings,
+               "started": _now(), "finished": None, "seconds": 0.0}
+    if changed:
+        segment["overridden"] = {k: {"was": a, "now": b} for k, (a, b) in changed.items()}
+    record = RunRecord(run_dir / "train.json", info, segment)
     if prov["synthetic"]:
         log(f"note: {SYNTHETIC_WARNING}")
 
     model = replicate(model, mesh)
     metrics_log = MetricsLog(run_dir / "metrics.csv")
-    start = int(state.step)
     shard = batch_sharding(mesh)
-    val_batch = source.validation_batch(config.val_images) if config.val_images and start < config.steps else None
     batches = prefetch(lambda s: to_device(source.batch(s), shard), start, config.steps, config.prefetch)
-    t0 = t_last = time.perf_counter()
-    n_last = start
-    for step, batch in batches:
-        state, metrics = train_step(state, batch, model, spec)
-        done = step + 1
-        if done % config.log_every == 0 or done == config.steps or step == start:
-            values = {k: float(v) for k, v in jax.device_get(metrics).items()}
-            now = time.perf_counter()
-            rate = (done - n_last) * config.batch_size / (now - t_last)
-            t_last, n_last = now, done
-            if not all(math.isfinite(v) for v in values.values()):
-                raise FloatingPointError(f"non-finite loss at step {done}: {values}; lower the learning rate "
-                                         "or check the data (landmarks, images)")
-            metrics_log.write({"step": done, "split": "train", **values, "images_per_s": rate,
-                               "seconds": now - t0})
-            terms = " ".join(f"{k} {v:.4g}" for k, v in values.items() if k != "loss")
-            log(f"step {done}/{config.steps} loss {values['loss']:.5g} ({terms}) {rate:.2f} img/s"
-                + (" (includes compile)" if step == start else ""))
-        if done % config.checkpoint_every == 0 or done == config.steps:
-            save_checkpoint(manager, state, {**meta, "position": done * config.batch_size, "step": done})
-        if val_batch is not None and ((config.val_every and done % config.val_every == 0) or done == config.steps):
-            validate(state, replicate(val_batch, mesh), model, spec, run_dir, metrics_log)
+    meter = Progress(config.steps, config.batch_size, start, sys.stderr.isatty() if progress is None else progress, log)
+    try:
+        for step, batch in batches:
+            state, metrics = train_step(state, batch, model, spec)
+            done = step + 1
+            row = meter.update(done, metrics, done % config.log_every == 0 or done == config.steps or step == start)
+            if row is not None:
+                metrics_log.write(row)
+            if done % config.checkpoint_every == 0 or done == config.steps:
+                save_checkpoint(manager, state, {"settings": settings, "position": done * config.batch_size,
+                                                 "step": done})
+                record.advance(done)
+            if val_batch is not None and ((config.val_every and done % config.val_every == 0) or done == config.steps):
+                validate(state, replicate(val_batch, mesh), model, spec, run_dir, metrics_log)
+    finally:
+        meter.close()
     export = export_rnet(state, rnet_config, run_dir, prov)
+    record.advance(int(state.step), finished=True)
     log(f"wrote {export}")
     return TrainResult(state, run_dir, export)
+
+
+def changed_settings(saved_meta: dict, settings: dict) -> dict:
+    """{name: (checkpoint's value, new value)} for settings that differ from a checkpoint's meta."""
+    # Checkpoints written before "settings" existed stored seed, batch_size and supervised.
+    saved = saved_meta.get("settings") or saved_meta
+    return {k: (saved[k], settings[k]) for k in settings if k in saved and saved[k] != settings[k]}
+
+
+def _describe(changed: dict) -> str:
+    return ", ".join(f"{k} {a!r} -> {b!r}" for k, (a, b) in changed.items())
 
 
 def save_overlays(out_dir: Path, step: int, batch: Batch, rendered: Rendered) -> None:
