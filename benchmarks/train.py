@@ -1,7 +1,7 @@
 """Training speed on CPU at batch 16: the full weakly-supervised step, and its two halves.
 
 Prints ONE JSON line: images/s of the jitted train step (R-Net forward+backward in train-mode
-BatchNorm, vmapped face formation + rendering + losses, Adam update), and, timed separately
+BatchNorm, batched face formation + rendering + losses, Adam update), and, timed separately
 in the same process (alternating, medians), the network's forward+backward alone (gradient
 of a loss on its 257 outputs) and the renderer's (gradient of the photo loss terms w.r.t. the
 coefficients). Compile times are reported apart. Inputs: the aligned test photos with the
@@ -25,10 +25,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import alternate, emit, time_compile  # noqa: E402
 
 from jaxface.data import AugmentConfig, PhotoDataset, to_device  # noqa: E402
+from jaxface.losses import objective  # noqa: E402
 from jaxface.model.synthetic import synthetic_face_model  # noqa: E402
 from jaxface.rnet import RNet, RNetConfig, init_rnet, to_network_input  # noqa: E402
 from jaxface.synth_data import sample_coeffs  # noqa: E402
-from jaxface.train import TrainConfig, init_state, make_spec, total_loss, train_step, weak_terms  # noqa: E402
+from jaxface.train import TrainConfig, init_state, make_spec, train_step, weak_terms  # noqa: E402
 
 IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
 
@@ -57,7 +58,7 @@ def main() -> None:
 
     @jax.jit
     def renderer_grad(c, images, landmarks):
-        return jax.grad(lambda c: total_loss(weak_terms(model, c, images, landmarks, spec)[0], spec))(c)
+        return jax.grad(lambda c: objective(weak_terms(model, c, images, landmarks, spec)[0], spec.loss_weights()))(c)
 
     fns = {
         "train_step": lambda: train_step(state, batch, model, spec),

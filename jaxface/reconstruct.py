@@ -12,7 +12,6 @@ Batches are padded to a few bucket sizes so varying batch sizes reuse compiled p
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -158,7 +157,7 @@ class Reconstructor:
         mismatch = None
         if (where / checkpoint.META_NAME).is_file():
             self.rnet = checkpoint.load_rnet(where)
-            synthetic_weights = bool(json.loads((where / checkpoint.META_NAME).read_text()).get("synthetic"))
+            synthetic_weights = checkpoint.trained_for_synthetic(checkpoint.weights_provenance(where))
             if synthetic_weights != self.model.synthetic:
                 # Coefficients only mean something for the model the network was trained with.
                 mismatch = (f"the R-Net weights in {where} were trained for "

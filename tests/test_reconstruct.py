@@ -142,3 +142,36 @@ def test_auto_never_uses_weights_made_for_another_model(synthetic_model, tmp_pat
     recon = Reconstructor(model=synthetic_model, weights=tmp_path, config=ReconstructConfig(method="auto"))
     assert recon.method == "fit" and recon.rnet is not None
     assert "trained for the Basel Face Model" in capsys.readouterr().err
+
+
+def test_weights_trained_for_the_synthetic_model_round_trip(synthetic_model, tmp_path, capsys):
+    from jaxface.data import SyntheticSource
+    from jaxface.rnet import RNetConfig, init_rnet, save_rnet
+    from jaxface.rnet.checkpoint import trained_for_synthetic, weights_provenance
+    from jaxface.train import provenance
+
+    # The source `jaxface train --synthetic` exports its weights with.
+    source = provenance(SyntheticSource(synthetic_model, 2), synthetic_model, None)
+    save_rnet(init_rnet(jax.random.key(0), RNetConfig()), RNetConfig(), tmp_path, source=source)
+    assert weights_provenance(tmp_path) == json.loads(json.dumps(source)) and trained_for_synthetic(source)
+    capsys.readouterr()
+    same = Reconstructor(model=synthetic_model, weights=tmp_path, config=ReconstructConfig(method="auto"))
+    assert same.method == "rnet" and "jaxface:" not in capsys.readouterr().err
+    basel = synthetic_model.replace(synthetic=False)  # stands in for the Basel model
+    auto = Reconstructor(model=basel, weights=tmp_path, config=ReconstructConfig(method="auto"))
+    assert auto.method == "fit"
+    err = capsys.readouterr().err
+    assert "trained for the SYNTHETIC model, not for synthetic-seed0" in err and "using gradient fitting" in err
+    explicit = Reconstructor(model=basel, weights=tmp_path, config=ReconstructConfig(method="rnet"))
+    assert explicit.method == "rnet" and "warning: the R-Net weights" in capsys.readouterr().err
+    # Runs from before "face_model_synthetic" marked such weights "synthetic"; converted ones carry neither.
+    assert trained_for_synthetic({"synthetic": True}) and not trained_for_synthetic({"format": "pytorch"})
+    meta = json.loads((tmp_path / "rnet.json").read_text())
+    meta["source"]["face_model_synthetic"] = "yes"
+    (tmp_path / "rnet.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match=r"rnet\.json: field 'source\.face_model_synthetic' must be true or false"):
+        weights_provenance(tmp_path)
+    (tmp_path / "rnet.json").write_text(json.dumps({**meta, "source": ["photos"]}))
+    with pytest.raises(ValueError, match=r"rnet\.json: field 'source' must be an object, got list"):
+        weights_provenance(tmp_path)
+

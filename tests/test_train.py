@@ -7,6 +7,7 @@ one compile. The 2-device test runs in a subprocess (the XLA flag must precede j
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -22,8 +23,9 @@ import pytest
 from jaxface.align import align_image, load_image, read_landmarks
 from jaxface.data import AugmentConfig, PhotoDataset, SyntheticSource, find_samples, prefetch, to_device
 from jaxface.rnet import RNetConfig, init_rnet, load_rnet
+from jaxface.rnet.checkpoint import trained_for_synthetic, weights_provenance
 from jaxface.train import (IdentityLoss, TrainConfig, batch_sharding, checkpoint_manager, coefficient_weights,
-                           data_mesh, identity_loss, init_state, make_spec, replicate, restore_checkpoint,
+                           data_mesh, identity_loss, init_state, make_spec, provenance, replicate, restore_checkpoint,
                            save_checkpoint, train, train_cli, train_step, TrainState)
 
 IMAGES = Path(__file__).parent / "data" / "images"
@@ -166,48 +168,114 @@ def test_checkpoint_roundtrip_and_max_to_keep(tmp_path, mesh1):
     assert manager.all_steps() == [2, 3]
 
 
-def test_resume_matches_uninterrupted_run_via_cli(tmp_path, model, mesh1):
+def test_resume_matches_uninterrupted_run_via_cli(tmp_path, model, mesh1, capsys, monkeypatch):
     quiet = lambda msg: None  # noqa: E731
-    full = train(SUPERVISED, model, SyntheticSource(model, B, seed=0), tmp_path / "full", devices=mesh1.devices.ravel(),
+    once = dataclasses.replace(SUPERVISED, checkpoint_every=4)  # one checkpoint: only the weights are compared
+    full = train(once, model, SyntheticSource(model, B, seed=0), tmp_path / "full", devices=mesh1.devices.ravel(),
                  log=quiet)
-    args = ["--synthetic", "--out", str(tmp_path / "parts"), "--batch-size", str(B), "--checkpoint-every", "2",
+    parts = tmp_path / "parts"
+    args = ["--synthetic", "--out", str(parts), "--batch-size", str(B), "--checkpoint-every", "2",
             "--val-images", "0", "--log-every", "1"]
     assert train_cli(args + ["--steps", "2"]) == 0
+    assert "step 2/2 loss" in capsys.readouterr().out  # no terminal: log lines, no bar
     with pytest.raises(ValueError, match="--resume"):
         train_cli(args + ["--steps", "4"])
     assert train_cli(args + ["--steps", "4", "--resume"]) == 0
-    variables, config = load_rnet(tmp_path / "parts" / "rnet")
+    variables, config = load_rnet(parts / "rnet")
     assert config == RNetConfig()
     assert _leaves_close(variables, jax.device_get(full.state.variables), atol=1e-6)
-    meta = json.loads((tmp_path / "parts" / "rnet" / "rnet.json").read_text())["source"]
+    meta = weights_provenance(parts / "rnet")
     assert meta["synthetic"] is True and "SYNTHETIC" in meta["warning"] and meta["steps"] == 4
-    rows = (tmp_path / "parts" / "metrics.csv").read_text().splitlines()
+    assert meta["trained_on"] == "synthetic renders" and trained_for_synthetic(meta)
+    rows = (parts / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("step,split,loss") and [r.split(",")[0] for r in rows[1:]] == ["1", "2", "3", "4"]
+    record = (parts / "train.json").read_text()
+    segments = json.loads(record)["segments"]
+    assert [(s["start_step"], s["end_step"], s["steps"]) for s in segments] == [(0, 2, 2), (2, 4, 4)]
+    assert all(s["finished"] for s in segments) and segments[0]["settings"] == segments[1]["settings"]
+    assert segments[0]["settings"]["seed"] == 0 and segments[0]["settings"]["batch_size"] == B
+    assert "overridden" not in segments[1]
+
+    # At --steps already: said, and neither train.json nor metrics.csv is rewritten.
+    capsys.readouterr()
+    assert train_cli(args + ["--steps", "3", "--resume"]) == 0
+    assert "nothing left to train" in capsys.readouterr().out
+    assert (parts / "train.json").read_text() == record and len((parts / "metrics.csv").read_text().splitlines()) == 5
+    # Other settings are refused (before any array is read) unless overridden.
+    resume6 = dataclasses.replace(SUPERVISED, steps=6)
+    for changed, match in ((dict(learning_rate=2e-4), "learning_rate 0.0001 -> 0.0002"), (dict(seed=1), "seed 0 -> 1")):
+        source = SyntheticSource(model, B, seed=changed.get("seed", 0))
+        with pytest.raises(ValueError, match=match + ".*--override"):
+            train(dataclasses.replace(resume6, **changed), model, source, parts, resume=True,
+                  devices=mesh1.devices.ravel(), log=quiet)
+    assert (parts / "train.json").read_text() == record
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: the bar instead of log lines
+    assert train_cli(args + ["--steps", "5", "--resume", "--seed", "1", "--override"]) == 0
+    out, err = capsys.readouterr()
+    assert "step 5/5" not in out and "overriding seed 0 -> 1" in out
+    assert "5/5" in err and "s/step" in err and "img/s" in err and "loss" in err and "coeffs" in err
+    last = json.loads((parts / "train.json").read_text())["segments"][-1]
+    assert (last["start_step"], last["end_step"], last["settings"]["seed"]) == (4, 5, 1)
+    assert last["overridden"]["seed"] == {"was": 0, "now": 1} and set(last["overridden"]) == {"seed", "data"}
 
 
-def test_cli_refuses_photos_without_the_basel_model(tmp_path, monkeypatch, capsys):
+def test_run_checks_precede_the_run_folder(tmp_path, model):
+    run = tmp_path / "a" / "run"
+    with pytest.raises(ValueError, match="batches of 2, the config says 4"):
+        train(TrainConfig(batch_size=4, supervised=True), model, SyntheticSource(model, B), run)
+    with pytest.raises(ValueError, match="supervised training needs synthetic scenes"):
+        train(TrainConfig(batch_size=B, supervised=True), model.replace(synthetic=False), PhotoDataset(IMAGES, B), run)
+    with pytest.raises(ValueError, match="coefficients are of synthetic-seed0.*training uses other"):
+        train(TrainConfig(batch_size=B, supervised=True), model.replace(name="other"), SyntheticSource(model, B), run)
+    # Photos through a synthetic model: refused by what the model is, whatever folder it came from.
+    with pytest.raises(ValueError, match="photos needs the Basel Face Model.*SYNTHETIC"):
+        train(TrainConfig(batch_size=B), model, PhotoDataset(IMAGES, B), run)
+    assert not (tmp_path / "a").exists()
+    photos = provenance(PhotoDataset(IMAGES, B), model.replace(synthetic=False), None)
+    assert photos["trained_on"] == "photos" and photos["synthetic"] is False and not trained_for_synthetic(photos)
+    # Synthetic renders of a (here: relabelled) Basel model: flagged, yet weights for that model.
+    renders = provenance(SyntheticSource(model.replace(synthetic=False), B), model.replace(synthetic=False), None)
+    assert renders["trained_on"] == "synthetic renders" and renders["synthetic"] is True
+    assert not trained_for_synthetic(renders)
+    assert trained_for_synthetic(provenance(SyntheticSource(model, B), model, None))
+
+
+def test_cli_refuses_photos_without_the_basel_model(tmp_path, monkeypatch, capsys, synthetic_dir):
     monkeypatch.setenv("JAXFACE_BFM_DIR", str(tmp_path))
     with pytest.raises(FileNotFoundError, match="Basel Face Model.*--synthetic"):
         train_cli(["--data", str(IMAGES), "--out", str(tmp_path / "run")])
+    # --bfm at the synthetic model's own files: still the synthetic model, still refused.
+    with pytest.raises(ValueError, match="photos needs the Basel Face Model, but the face model is synthetic"):
+        train_cli(["--data", str(IMAGES), "--bfm", str(synthetic_dir), "--out", str(tmp_path / "run")])
+    assert not (tmp_path / "run").exists()
     with pytest.raises(SystemExit) as e:
         train_cli(["--help"])
-    assert e.value.code == 0 and "--resume" in capsys.readouterr().out
+    help_text = capsys.readouterr().out
+    assert e.value.code == 0 and "--resume" in help_text and "--override" in help_text
 
 
 # ----------------------------------------------------------------------------- sharding
 
 SHARDED_CHECK = textwrap.dedent("""
     import os, sys, numpy as np, jax
-    from jaxface.data import Batch, to_device
+    from jaxface.data import Batch, SyntheticSource, to_device
     from jaxface.model.synthetic import synthetic_face_model
     from jaxface.rnet import RNetConfig, init_rnet
-    from jaxface.train import TrainConfig, batch_sharding, data_mesh, init_state, make_spec, replicate, train_step
+    from jaxface.train import (TrainConfig, batch_sharding, data_mesh, init_state, make_spec, replicate, train,
+                               train_step)
 
     assert jax.device_count() == 2, jax.devices()
     ref = np.load(sys.argv[1])
     mesh = data_mesh()
     spec = make_spec(TrainConfig(batch_size=2, supervised=True), RNetConfig())
-    model = replicate(synthetic_face_model(0, cache_dir=os.environ.get("JAXFACE_CACHE")), mesh)
+    model = synthetic_face_model(0, cache_dir=os.environ.get("JAXFACE_CACHE"))
+    odd = os.path.join(os.path.dirname(sys.argv[1]), "odd")  # a batch of 3 on 2 devices: refused, no folder
+    try:
+        train(TrainConfig(batch_size=3, supervised=True), model, SyntheticSource(model, 3), odd)
+        raise AssertionError("batch 3 on 2 devices was accepted")
+    except ValueError as e:
+        assert "does not split over the 2 devices" in str(e) and not os.path.exists(odd), e
+    model = replicate(model, mesh)
     state = replicate(init_state(init_rnet(jax.random.key(0)), spec), mesh)
     batch = to_device(Batch(ref["images"], ref["landmarks"], ref["coeffs"]), batch_sharding(mesh))
     assert [s.data.shape[0] for s in batch.images.addressable_shards] == [1, 1]

@@ -3,6 +3,11 @@
 Layout of a weights folder (default `weights/rnet/`, see `jaxface.paths.weights_dir`):
     rnet.json      {"format", "version", "config": RNetConfig fields, "source": {...}}
     checkpoint/    orbax StandardCheckpointer tree {"params", "batch_stats"} (float32)
+
+"source" says where the weights came from (`weights_provenance`). Coefficients only mean
+something for the face model the network was trained with: `face_model_source(model)` is
+what a writer records about that model and `trained_for_synthetic(source)` what a reader
+concludes from it (converted reference weights record none: the Basel model).
 """
 
 from __future__ import annotations
@@ -37,6 +42,41 @@ def missing_weights_message(where: Path) -> str:
         f"(or FaceReconModel.pb), which writes {default_rnet_dir()}; or point JAXFACE_WEIGHTS_DIR "
         "at a folder holding rnet/. See weights/README.md."
     )
+
+
+# Written by `face_model_source`, read by `trained_for_synthetic`.
+FACE_MODEL_SYNTHETIC = "face_model_synthetic"
+
+
+def face_model_source(model) -> dict[str, Any]:
+    """The fields of a `source` that name the face model the weights regress coefficients of."""
+    return {"face_model": model.label, FACE_MODEL_SYNTHETIC: bool(model.synthetic)}
+
+
+def trained_for_synthetic(source: dict[str, Any]) -> bool:
+    """Whether weights with this `source` were trained for the SYNTHETIC face model."""
+    if FACE_MODEL_SYNTHETIC in source:
+        return source[FACE_MODEL_SYNTHETIC]
+    # Runs of jaxface train before FACE_MODEL_SYNTHETIC marked synthetic data or model so.
+    return source.get("synthetic", False)
+
+
+def weights_provenance(path: str | Path | None = None) -> dict[str, Any]:
+    """The `source` of a weights folder's rnet.json ({} when it records none), type-checked."""
+    meta_path = Path(path if path is not None else default_rnet_dir()) / META_NAME
+    try:
+        source = json.loads(meta_path.read_text()).get("source", {})
+    except (OSError, json.JSONDecodeError, AttributeError) as e:
+        raise ValueError(f"{meta_path} is not a readable jaxface R-Net description ({e})") from e
+    if source is None:
+        return {}
+    if not isinstance(source, dict):
+        raise ValueError(f"{meta_path}: field 'source' must be an object, got {type(source).__name__}")
+    for field in (FACE_MODEL_SYNTHETIC, "synthetic"):
+        if field in source and not isinstance(source[field], bool):
+            raise ValueError(f"{meta_path}: field 'source.{field}' must be true or false, "
+                             f"got {source[field]!r}")
+    return source
 
 
 def save_rnet(variables: dict, config: RNetConfig, out_dir: str | Path | None = None,
