@@ -71,7 +71,7 @@ def weighted_sum(bary, values):
 
     The custom backward writes the bary cotangent as explicit sums over the C channels:
     autodiff emits a reduce over the channel axis there, which XLA:CPU lowers to a
-    library call that makes the interpolation backward ~20% slower.
+    library call that makes the interpolation backward slower.
     """
     return bary[0] * values[:, 0] + bary[1] * values[:, 1] + bary[2] * values[:, 2]
 

@@ -31,7 +31,7 @@ from jaxface.coeffs import NUM_COEFFS, SLICES, Coeffs
 from jaxface.data import Batch
 from jaxface.losses import LossWeights
 from jaxface.model.face_model import FaceModel
-from jaxface.render import render_mesh
+from jaxface.render import render_faces
 from jaxface.rnet import RNet, RNetConfig, to_network_input
 from jaxface.synth_data import SceneConfig
 
@@ -158,12 +158,9 @@ class Rendered(NamedTuple):
 
 def render_batch(model: FaceModel, coeffs: Coeffs, photos, camera: Camera) -> tuple[Rendered, jax.Array]:
     """Form and render B faces over their photos f32[B, S, S, 3]; also returns albedo f32[B, V, 3]."""
-    size = camera.image_size
-    faces = formation.form_faces(model, coeffs, camera)
-    verts = jax.vmap(formation.screen_coords, in_axes=(0, 0, None))(faces.uv, faces.depth, camera)
-    out = jax.vmap(lambda v, c, bg: render_mesh(v, c, model.tris, size, size, bg))(verts, faces.colors, photos)
+    faces, out = render_faces(model, coeffs, camera, photos)
     mask = lax.stop_gradient(jax.vmap(partial(losses.region_mask, model))(out.fragments.tri_id))
-    lm = conventions.flip_y(faces.landmarks, size)
+    lm = conventions.flip_y(faces.landmarks, camera.image_size)
     return Rendered(out.composite, out.image, out.mask, mask, lm), faces.albedo
 
 
