@@ -188,6 +188,14 @@ def photometric_per_image(rendered, target, weight, eps: float = PHOTO_EPS):
     return jnp.sum(jnp.sqrt(eps + sq) * weight, axis=-1)
 
 
+def second_difference(x, valid):
+    """Temporal roughness of a sequence: sum over t of |x[t+1] - 2 x[t] + x[t-1]|^2 where the
+    three frames are valid. x: f32[T, n] in time order; valid: bool[T]. Returns f32[]."""
+    d = x[2:] - 2.0 * x[1:-1] + x[:-2]
+    ok = valid[2:] & valid[1:-1] & valid[:-2]
+    return jnp.sum(jnp.where(ok[:, None], d * d, 0.0))
+
+
 def region_mask(model: FaceModel, tri_id):
     """f32[H, W]: 1 where the z-buffer's visible triangle (tri_id i32[H, W], -1 on background)
     is one of `model.region_triangles()`, the pixels the photometric loss reads."""

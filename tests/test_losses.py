@@ -146,3 +146,14 @@ def test_losses_are_differentiable_and_finite_at_a_perfect_match():
 def test_bad_shapes_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_second_difference_hand_values():
+    x = jnp.array([[0.0], [1.0], [4.0], [9.0], [10.0]])  # second differences 2, 2, -4
+    valid = jnp.array([True, True, True, True, True])
+    assert float(losses.second_difference(x, valid)) == pytest.approx(4 + 4 + 16)
+    # A frame that is not valid removes every difference that touches it.
+    assert float(losses.second_difference(x, valid.at[3].set(False))) == pytest.approx(4)
+    # A straight line has none.
+    line = jnp.stack([jnp.arange(6.0), 2 * jnp.arange(6.0)], axis=1)
+    assert float(losses.second_difference(line, jnp.ones(6, bool))) == 0.0

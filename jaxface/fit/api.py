@@ -61,6 +61,18 @@ class LearningRates:
     trans: float = 0.005
 
 
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class TemporalWeights:
+    """Weights of the smoothness prior over frames in time order (`losses.second_difference`
+    of each group's coefficients), for video. Units: the prior adds w * |x[t+1] - 2x[t] + x[t-1]|^2."""
+
+    exp: float = 1e-3
+    angle: float = 1.0
+    gamma: float = 1e-2
+    trans: float = 1.0
+
+
 @dataclasses.dataclass(frozen=True)
 class FitConfig:
     """Refinement settings. Step counts, `raster_every`, `photo_fraction`, the groups
@@ -73,6 +85,8 @@ class FitConfig:
     landmark_groups: groups optimized in stage 1 (pose + shape by default)
     freeze: groups never changed, e.g. ("id", "tex") to refine expression with a known identity
     light_init: solve gamma in closed form before stage 3 (skipped when gamma is frozen)
+    temporal: None, or `TemporalWeights`: the batch is a sequence of frames in time order and
+        a smoothness prior on expression, pose, light and translation couples them (video)
     photo_fraction: most pixels per image, as a fraction of the crop, that the photometric
         loss reads; a larger region is thinned evenly to this many pixels at each z-buffer
         refresh (the loss is a mean over them). An aligned face's region is 25-35% of the
@@ -90,6 +104,7 @@ class FitConfig:
     light_init: bool = True
     light_ridge: float = 1e-3
     photo_fraction: float = 0.25
+    temporal: TemporalWeights | None = None
 
     def __post_init__(self):
         if not 0.0 < self.photo_fraction <= 1.0:
@@ -188,9 +203,10 @@ def _run(model, images, landmarks, init, config: FitConfig, camera: Camera, shar
     static = Static(
         config.landmark_steps, config.photo_steps, config.raster_every,
         tuple(g for g in free if g in landmark_groups), free, config.light_init, camera, shared,
-        max(1, round(config.photo_fraction * camera.image_size**2)),
+        config.temporal is not None, max(1, round(config.photo_fraction * camera.image_size**2)),
     )
-    hyper = Hyper(config.landmark_rates, config.photo_rates, config.weights, jnp.float32(config.light_ridge))
+    hyper = Hyper(config.landmark_rates, config.photo_rates, config.weights, jnp.float32(config.light_ridge),
+                  config.temporal or TemporalWeights())
     return FitResult(*fit_jit(model, photo_region(model), images, landmarks, init_c, have_init, hyper, static))
 
 

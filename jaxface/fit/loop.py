@@ -43,6 +43,7 @@ class Static(NamedTuple):
     light_init: bool
     camera: Camera
     shared: bool  # fit_set: id and tex are one vector for the batch
+    temporal: bool  # a smoothness prior couples the images (frames in time order)
     photo_samples: int  # pixels per image read by the photometric loss
 
 
@@ -50,12 +51,13 @@ class Hyper(NamedTuple):
     """Hyper-parameters passed as data (changing them does not recompile).
 
     landmark_rates, photo_rates: `LearningRates` of each stage; weights: `LossWeights`;
-    light_ridge: f32[] ridge of the light solve."""
+    light_ridge: f32[] ridge of the light solve; temporal: `TemporalWeights`."""
 
     landmark_rates: object
     photo_rates: object
     weights: losses.LossWeights
     light_ridge: jax.Array
+    temporal: object
 
 
 def stage_optimizer(rates, groups: tuple, steps: int) -> optax.GradientTransformation:
@@ -76,7 +78,8 @@ def _make_step(model, targets, valid, photo, optimizer, hyper: Hyper, static: St
     """One optimizer step as a `lax.scan` body: (params, opt_state, best, best_unit,
     best_img, status) -> same, emitting the per-image objective (NaN for bad images)."""
     loss_fn = jax.value_and_grad(
-        lambda p: objective(model, p, targets, valid, photo, hyper.weights, static.camera), has_aux=True)
+        lambda p: objective(model, p, targets, valid, photo, hyper.weights, static.camera,
+                            hyper.temporal if static.temporal else None), has_aux=True)
 
     def mask(per_image, leaf):
         # Shared leaves (no batch axis) follow the set-wide decision (identical across images).
@@ -85,8 +88,8 @@ def _make_step(model, targets, valid, photo, optimizer, hyper: Hyper, static: St
     def step(carry, _):
         params, opt_state, best, best_unit, best_img, status = carry
         (total, per_image), grads = loss_fn(params)
-        if static.shared:
-            # One objective: a non-finite value anywhere stops the whole set for that step.
+        if static.shared or static.temporal:
+            # One coupled objective: a non-finite value anywhere stops the whole set for that step.
             ok = jnp.broadcast_to(jnp.isfinite(total) & _all_finite(grads), valid.shape)
             unit = jnp.broadcast_to(total, valid.shape)
         else:

@@ -74,10 +74,11 @@ def expand(params: Coeffs, batch: int) -> Coeffs:
 
 
 def objective(model: FaceModel, params: Coeffs, targets, valid, photo: PhotoData | None, weights: LossWeights,
-              camera: Camera):
+              camera: Camera, temporal=None):
     """(total f32[], per-image objective f32[B]) of the current stage; images not `valid`
     count zero. params: Coeffs[B], or with id and tex shared (no batch axis, `fit_set`):
-    their priors then count once for the set."""
+    their priors then count once for the set. temporal: None, or per-group weights
+    (`fit.TemporalWeights`) of a smoothness prior over the batch in time order (video)."""
     shared = params.id.ndim == 1
     coeffs = expand(params, targets.shape[0])
     terms = landmark_terms(model, coeffs, targets, camera) if photo is None else photo_terms(photo, coeffs, targets, camera)
@@ -91,6 +92,9 @@ def objective(model: FaceModel, params: Coeffs, targets, valid, photo: PhotoData
         if photo is not None:
             set_terms["albedo"] = losses.albedo_regularizer_per_image(photo.prior, params.tex)
         total = total + losses.objective(set_terms, weights)
+    if temporal is not None:
+        total = total + sum(getattr(temporal, g) * losses.second_difference(getattr(coeffs, g), valid)
+                            for g in ("exp", "angle", "gamma", "trans"))
     return total, per_image
 
 
