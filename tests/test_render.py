@@ -170,7 +170,7 @@ def test_vmap_render_matches_single_and_compiles_once():
 
 def test_bad_inputs_raise_clear_errors():
     model = face_model()
-    with pytest.raises(ValueError, match=r"coeffs.id has shape \(2, 80\).*jax.vmap"):
+    with pytest.raises(ValueError, match=r"coeffs.id has shape \(2, 80\).*render_faces"):
         render(model, Coeffs.zeros((2,)))
     with pytest.raises(ValueError, match="background must be"):
         render(model, Coeffs.zeros(), background=jnp.zeros((224, 224)))
