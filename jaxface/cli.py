@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 
@@ -46,6 +47,7 @@ def _reconstruct(argv) -> int:
     p.add_argument("--steps", type=int, default=None, help="fitting steps per stage (default: FitConfig's)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs exist")
     args = p.parse_args(argv)
+    t0 = time.perf_counter()
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
 
@@ -90,6 +92,11 @@ def _reconstruct(argv) -> int:
     failures.write(args.out / "failures.csv")
     print(f"{done} reconstructed, {skipped} skipped (outputs exist), {len(failures)} failed "
           f"-> {args.out}" + (f" (see {args.out / 'failures.csv'})" if len(failures) else ""))
+    from jaxface.report import report_after_run
+
+    report_after_run(args.out, {"command": "reconstruct", "model": model.label, "method": recon.method,
+                                "photos": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2),
+                                "inputs": {s: str(p.resolve()) for s, p in zip(stems, images)}})
     return 0 if done or skipped else 1
 
 
@@ -118,6 +125,7 @@ def _optional_detector():
 COMMANDS = {
     "demo": ("reconstruct synthetic faces on the embedded synthetic model and write outputs (no download)", "jaxface.demo:demo_cli"),
     "reconstruct": ("reconstruct faces in photos or folders; writes .mat, .obj and overlay images", "jaxface.cli:_reconstruct"),
+    "report": ("(re)build OUT/index.html: a page of a run's results with a 3D viewer", "jaxface.report:report_cli"),
     "convert-bfm": ("convert the Basel Face Model files into BFM_model_front.mat", "jaxface.cli:_convert_bfm"),
     "convert-weights": ("convert trained R-Net weights (epoch_20.pth or FaceReconModel.pb) for jaxface", "jaxface.rnet.convert:convert_weights_cli"),
     "train": ("train R-Net: weakly supervised on photos (needs the Basel model) or --synthetic pre-training", "jaxface.train.cli:train_cli"),

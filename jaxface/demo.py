@@ -6,7 +6,8 @@
 2. `Reconstructor` aligns each photo, recovers the coefficients (R-Net when trained weights
    are present, else gradient fitting) and renders the result.
 3. OUT/NAME.mat, NAME.obj and NAME_overlay.png are written for every photo, plus
-   OUT/summary.json with the recovered-versus-true errors, which are printed.
+   OUT/summary.json with the recovered-versus-true errors, which are printed, and
+   OUT/index.html, a page of the results with a 3D viewer.
 
 Everything here is synthetic and labelled so: it shows the machinery works and how well it
 recovers known faces, not the accuracy on real photos (that needs the Basel model).
@@ -29,6 +30,7 @@ from jaxface.fileio import write_text_atomic
 from jaxface.fit import FitConfig
 from jaxface.outputs import save_outputs, save_png
 from jaxface.reconstruct import ReconstructConfig, Reconstructor
+from jaxface.report import report_after_run
 from jaxface.synth_data import SceneConfig, make_scene, to_uint8
 
 
@@ -117,8 +119,9 @@ def run(out_dir: Path, count: int = 4, seed: int = 0, steps: int = 60, quiet: bo
         m = summary["mean"]
         print(f"mean: shape {m['shape_error_mm']:.2f} mm (mean face {m['mean_face_error_mm']:.2f} mm), "
               f"landmarks {m['landmark_error_px']:.2f} px, pose {m['max_angle_error_deg']:.2f} deg")
-        print(f"wrote {out_dir}/NAME.mat, NAME.obj, NAME_overlay.png, inputs/, summary.json "
+        print(f"wrote {out_dir}/NAME.mat, NAME.obj, NAME_overlay.png, inputs/, summary.json, index.html "
               f"in {summary['seconds']['total']:.0f} s (SYNTHETIC data)")
+    report_after_run(out_dir, quiet=quiet)
     return summary
 
 

@@ -112,6 +112,10 @@ def test_cli_reconstruct_folder_resumes_and_reports(photos, tmp_path, capsys):
     assert {p.name for p in out.iterdir()} >= {"a.mat", "a.obj", "a_overlay.png", "failures.csv"}
     rows = read_failures_csv(out / "failures.csv")
     assert [r.image.endswith("broken.jpg") for r in rows] == [True]
+    # The run's page: one row per photo, the failure with its reason, the run's record.
+    page = (out / "index.html").read_text()
+    assert page.count('<tr id="photo-') == 3 and '<tr id="photo-broken" class="failed">' in page
+    assert json.loads((out / "run.json").read_text())["inputs"]["a"] == str((src / "a.png").resolve())
     stamp = (out / "a.mat").stat().st_mtime_ns
     assert main(argv) == 0  # resumable: a.* exist and are skipped
     assert (out / "a.mat").stat().st_mtime_ns == stamp
@@ -132,6 +136,8 @@ def test_demo_writes_outputs_and_recovers_faces(tmp_path):
     assert on_disk["per_image"][0]["name"] == "synthetic_00"
     for name in ("synthetic_00.mat", "synthetic_01.obj", "synthetic_00_overlay.png", "inputs/synthetic_00.txt"):
         assert (tmp_path / name).is_file(), name
+    page = (tmp_path / "index.html").read_text()
+    assert page.count('<button type="button" class="view"') == 2 and "synthetic-seed0" in page
 
 
 def test_auto_never_uses_weights_made_for_another_model(synthetic_model, tmp_path, capsys):
