@@ -126,9 +126,11 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """A photo as u8[H, W, 3] RGB, like the references' `Image.open(path).convert('RGB')`.
 
     Grayscale is replicated to three channels, alpha is dropped (not composited, as PIL's
-    convert does), 16-bit is rounded to 8-bit. EXIF orientation is not applied (PIL does not
-    either, and the detections refer to the stored pixels). Photos over 100 megapixels are
-    rejected from their header, before decoding.
+    convert does), 16-bit is rounded to 8-bit. The EXIF orientation tag is applied (OpenCV's
+    decoder does it unless asked for the raw data), so phone photos come out upright, as a
+    viewer shows them, and `NAME.txt` landmarks refer to those upright pixels; the references'
+    `Image.open` ignores the tag. Photos over 100 megapixels are rejected from their header,
+    before decoding.
     """
     import cv2
 
@@ -145,7 +147,9 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     if dims is not None and dims[0] * dims[1] > MAX_PIXELS:
         raise ValueError(f"image {path} is {dims[0]}x{dims[1]} pixels, over the {MAX_PIXELS // 10**6} MP limit; "
                          "downscale it (and its landmarks) first")
-    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    # ANYDEPTH keeps 16-bit, ANYCOLOR keeps gray; unlike IMREAD_UNCHANGED they apply EXIF
+    # orientation (alpha, which they drop, is dropped below anyway).
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_ANYDEPTH | cv2.IMREAD_ANYCOLOR)
     if img is None or img.size == 0:
         raise ValueError(f"image {path} could not be decoded (corrupt, truncated or an unsupported format)")
     if img.shape[0] * img.shape[1] > MAX_PIXELS:
@@ -188,6 +192,10 @@ def fit_scale_translation(points_yup: np.ndarray, template: np.ndarray) -> tuple
 def _check_points(points: np.ndarray, width: int, height: int) -> None:
     if not np.isfinite(points).all():
         raise ValueError(f"landmarks contain NaN or infinite values: {points.tolist()}")
+    if min(width, height) > 8 and np.abs(points).max() <= 1.5:
+        raise ValueError(f"landmarks {points[:5].tolist()} look like fractions of the image size (all within "
+                         f"0-1.5); expected pixel coordinates of this {width}x{height} image (x times the "
+                         "width, y times the height)")
     margin = 0.25 * max(width, height)
     outside = (points[:, 0] < -margin) | (points[:, 0] > width - 1 + margin) | \
               (points[:, 1] < -margin) | (points[:, 1] > height - 1 + margin)

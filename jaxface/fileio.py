@@ -1,11 +1,27 @@
-"""Atomic writes: a temp file in the destination folder, then rename, so nothing is half-written."""
+"""Atomic writes: a temp file in the destination folder, then rename, so nothing is half-written.
+
+Temp files are named `.NAME.jaxface-PID-RANDOM.partial.SUFFIX` (PID: the writing process).
+A process killed mid-write (SIGKILL, power loss) leaves one behind; `remove_stale_temps`
+deletes those whose writer is gone, and no reader ever takes one for a result.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import re
 import tempfile
+import time
 from pathlib import Path
+
+TEMP_MARK = ".partial"
+_TEMP_RE = re.compile(r"^\..+\.jaxface-(?P<pid>\d+)-[A-Za-z0-9_]+\.partial(\.[^.]*)?$")
+STALE_AFTER_S = 24 * 3600  # no write takes a day: covers writers on other hosts and reused PIDs
+
+
+def is_temp_file(name: str) -> bool:
+    """Whether `name` is a temp file of `atomic_path` (finished or abandoned)."""
+    return _TEMP_RE.match(name) is not None
 
 
 @contextlib.contextmanager
@@ -17,7 +33,9 @@ def atomic_path(path, suffix: str | None = None):
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix if suffix is not None else path.suffix, dir=path.parent)
+    suffix = suffix if suffix is not None else path.suffix
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.jaxface-{os.getpid()}-", suffix=TEMP_MARK + suffix,
+                               dir=path.parent)
     os.close(fd)
     # mkstemp creates 0600; give the result the permissions a plain open() would (0666 & ~umask).
     umask = os.umask(0)
@@ -30,6 +48,43 @@ def atomic_path(path, suffix: str | None = None):
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _pid_alive(pid: int) -> bool:
+    if os.name == "nt":  # os.kill(pid, 0) would terminate the process there; rely on age
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # e.g. PermissionError: someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(folder) -> list[Path]:
+    """Delete the temp files in `folder` left by writers that died (their process is gone, or
+    the file is a day old); returns what was removed. Temps of live writers are kept."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    now = time.time()
+    for entry in entries:
+        m = _TEMP_RE.match(entry.name)
+        if m is None or not entry.is_file(follow_symlinks=False):
+            continue
+        pid = int(m.group("pid"))
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > STALE_AFTER_S
+        except OSError:
+            continue
+        if pid != os.getpid() and (old or not _pid_alive(pid)):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+    return removed
 
 
 def write_bytes_atomic(path, data: bytes) -> None:

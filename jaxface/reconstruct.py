@@ -5,7 +5,9 @@ beside a path, or a detector) -> alignment to the 224x224 crop -> coefficients f
 and/or gradient fitting -> face formation and rendering (vmapped, jitted once per bucket)
 -> landmarks, rendering and overlay mapped back to original-image pixels.
 
-One bad image never stops the batch: it gets a status message and NaN results.
+One bad image never stops the batch: it gets a status message and NaN results. Landmarks
+that are accepted but look wrong (`jaxface.inputs.landmark_warnings`) give a result and a
+message in `warnings`.
 Batches are padded to a few bucket sizes so varying batch sizes reuse compiled programs.
 """
 
@@ -28,6 +30,7 @@ from jaxface.coeffs import NUM_COEFFS, Coeffs
 from jaxface.conventions import CROP_SIZE, flip_y
 from jaxface.errors import MissingFileError
 from jaxface.fit import FitConfig, fit
+from jaxface.inputs import as_batch, as_rgb_u8, landmark_warnings
 from jaxface.model import bfm
 from jaxface.model.face_model import FaceModel
 from jaxface.outputs import OK, blend_overlay
@@ -82,6 +85,7 @@ class Reconstruction(NamedTuple):
     status: tuple[str]                 "ok", or why that image failed
     method: str                        the method that produced the coefficients
     model_label: str                   the morphable model (says SYNTHETIC when it is)
+    warnings: tuple[str]               "" or why an "ok" result is doubtful (`jaxface.inputs`)
     """
 
     coeffs: Coeffs
@@ -101,6 +105,7 @@ class Reconstruction(NamedTuple):
     status: tuple
     method: str
     model_label: str
+    warnings: tuple = ()
 
     @property
     def ok(self) -> np.ndarray:
@@ -178,18 +183,23 @@ class Reconstructor:
 
     def _prepare(self, item, lm) -> tuple[np.ndarray, np.ndarray]:
         """(image u8[H, W, 3], landmarks f32[5|68, 2] y down) for one input, or raise."""
-        if isinstance(item, (str, Path)):
+        txt = None
+        if isinstance(item, (str, os.PathLike)):
             image = align.load_image(item)
-            if lm is None:
-                txt = Path(item).with_suffix(".txt")
-                if txt.is_file():
-                    lm = align.read_landmarks(txt)
+            txt = Path(item).with_suffix(".txt")
+            if lm is None and txt.is_file():
+                lm = align.read_landmarks(txt)
         else:
-            image = _as_rgb_u8(item)
+            image = as_rgb_u8(item)
         if lm is None:
+            if self.detector is None and txt is not None:
+                raise ValueError(f"no landmarks: expected {txt.name} beside the photo (five lines 'x y': left eye, "
+                                 "right eye, nose tip, left and right mouth corner), or the face detector of "
+                                 "the optional extra: pip install 'jaxface[detect]' (`jaxface detect` writes "
+                                 "the .txt files)")
             if self.detector is None:
-                raise ValueError("no landmarks: pass them, put a 5-point NAME.txt beside the photo, or install "
-                                 "the detector (pip install 'jaxface[detect]') and pass detector=Detector()")
+                raise ValueError("no landmarks: pass landmarks=, or install the detector (pip install "
+                                 "'jaxface[detect]') and pass detector=jaxface.detect.Detector()")
             found = self.detector.detect(image)
             if not found:
                 raise ValueError("no face")
@@ -223,16 +233,16 @@ class Reconstructor:
     def __call__(self, images, landmarks=None) -> Reconstruction:
         """Reconstruct a batch.
 
-        images: u8[N, H, W, 3] or a list of arrays (any size, RGB; gray/RGBA are converted) and/or
-            paths (a 5-point `NAME.txt` beside a path is used when no landmarks are given).
-        landmarks: f32[N, 5|68, 2] or a list (entries may be None) of pixel coordinates, y down.
+        images: u8[N, H, W, 3] or a list of arrays (any size, RGB; gray/RGBA are converted; float
+            0-1) and/or paths (a 5-point `NAME.txt` beside a path is used when no landmarks are
+            given); or one path or one image array [H, W(, C)].
+        landmarks: f32[N, 5|68, 2] or a list (entries may be None) of pixel coordinates, y down;
+            f32[5|68, 2] for a single image.
         """
-        items = list(images)
-        lms_in = [None] * len(items) if landmarks is None else list(landmarks)
-        if len(lms_in) != len(items):
-            raise ValueError(f"got {len(items)} images but {len(lms_in)} landmark sets")
+        items, lms_in = as_batch(images, landmarks)
         n = len(items)
         status = [OK] * n
+        warnings = [""] * n
         photos: list = [None] * n
         aligned: list = [None] * n
 
@@ -240,6 +250,7 @@ class Reconstructor:
             try:
                 photos[i], lm = self._prepare(items[i], lms_in[i])
                 aligned[i] = align.align_image(photos[i], lm)
+                warnings[i] = "; ".join(landmark_warnings(lm))
             except Exception as e:  # one bad image never stops the batch
                 status[i] = f"{type(e).__name__}: {e}" if not str(e).startswith("no face") else "no face"
 
@@ -280,6 +291,7 @@ class Reconstructor:
             rendered=out["rendered"], mask=out["mask"], trans_params=out["trans_params"],
             image_rendered=tuple(image_rendered), image_mask=tuple(image_mask), overlays=tuple(overlays),
             status=tuple(status), method=self.method, model_label=self.model.label,
+            warnings=tuple(w if st == OK else "" for w, st in zip(warnings, status)),
         )
 
     def _fill(self, out: dict, idx: list[int], coeffs: Coeffs, crops: np.ndarray, trans: list) -> None:
@@ -315,26 +327,6 @@ def _empty(n: int, v: int) -> dict:
         "mask": np.zeros((n, CROP_SIZE, CROP_SIZE), np.float32),
         "trans_params": np.full((n, 5), np.nan, np.float64),
     }
-
-
-def _as_rgb_u8(image) -> np.ndarray:
-    """Arrays users pass: gray [H, W] or [H, W, 1], RGB, RGBA; uint8, uint16 or float 0-1."""
-    a = np.asarray(image)
-    if a.ndim == 2:
-        a = a[..., None]
-    if a.ndim != 3 or a.shape[2] not in (1, 3, 4):
-        raise ValueError(f"image must be [H, W], [H, W, 1|3|4]; got shape {a.shape}")
-    if a.dtype == np.uint16:
-        a = np.round(a / 257.0).astype(np.uint8)
-    elif np.issubdtype(a.dtype, np.floating):
-        if not np.all(np.isfinite(a)):
-            raise ValueError("image has NaN or infinite values")
-        a = np.round(np.clip(a, 0, 1) * 255).astype(np.uint8)
-    elif a.dtype != np.uint8:
-        raise ValueError(f"image dtype {a.dtype} is not supported; use uint8, uint16 or float 0-1")
-    if a.shape[2] == 1:
-        a = np.repeat(a, 3, axis=2)
-    return np.ascontiguousarray(a[..., :3])
 
 
 def reconstruct(images, landmarks=None, *, model: FaceModel | None = None, weights=None,

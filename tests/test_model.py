@@ -115,7 +115,7 @@ def test_corrupt_and_wrong_files_are_explained(synthetic_dir, tmp_path):
     # Truncated front model.
     blob = (synthetic_dir / "BFM_model_front.mat").read_bytes()
     (tmp_path / "BFM_model_front.mat").write_bytes(blob[: len(blob) // 3])
-    with pytest.raises(ModelFileError):
+    with pytest.raises(ModelFileError, match=f"looks truncated: it is {len(blob) // 3:,} bytes"):
         bfm.load_front_model(tmp_path / "BFM_model_front.mat")
 
 

@@ -97,34 +97,43 @@ def test_rnet_without_weights_is_a_clear_error(synthetic_model, tmp_path):
 
 def test_cli_reconstruct_folder_resumes_and_reports(photos, tmp_path, capsys):
     from jaxface.detect import write_landmarks_txt
-    from jaxface.outputs import save_png
+    from jaxface.outputs import image_key, read_manifest, save_png
 
     images, lm68, _, _ = photos
     src = tmp_path / "in"
-    for name, k in (("a", 0), ("b", 1)):
+    # Two photos whose names map to one result name (issue 16): both get their own results.
+    # The second one's landmarks are mirrored (eyes and mouth corners swapped): a warning row.
+    for name, k, order in (("a b", 0, [0, 1, 2, 3, 4]), ("a_b", 1, [1, 0, 2, 4, 3])):
         save_png(src / f"{name}.png", images[k])
-        write_landmarks_txt(src / f"{name}.txt", align.five_from_68(lm68[k]))
-    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
-    (src / "notes.md").write_text("not an image")  # not listed: not an image suffix
+        write_landmarks_txt(src / f"{name}.txt", align.five_from_68(lm68[k])[order])
     out = tmp_path / "out"
     argv = ["reconstruct", str(src), "-o", str(out), "--steps", str(STEPS), "--batch-size", "2", "--method", "fit"]
-    assert main(argv) == 0
-    assert {p.name for p in out.iterdir()} >= {"a.mat", "a.obj", "a_overlay.png", "failures.csv"}
+    assert main(argv) == 0  # every photo reconstructed (one with a warning)
+    assert {p.name for p in out.iterdir()} >= {"a_b.mat", "a_b_2.mat", "a_b_2.obj", "a_b_overlay.png",
+                                               "manifest.csv", "failures.csv"}
+    stems = read_manifest(out)
+    assert stems == {image_key(src / "a_b.png"): "a_b", image_key(src / "a b.png"): "a_b_2"}
+    for name, stem in (("a b", "a_b_2"), ("a_b", "a_b")):  # each result holds its own photo's crop
+        crop = align.align_image(align.load_image(src / f"{name}.png"), align.read_landmarks(src / f"{name}.txt"))
+        np.testing.assert_array_equal(load_mat(out / f"{stem}.mat")["cropped_img"], crop.image)
     rows = read_failures_csv(out / "failures.csv")
-    assert [r.image.endswith("broken.jpg") for r in rows] == [True]
-    # The run's page: one row per photo, the failure with its reason, the run's record.
+    assert [(r.image.endswith("a_b.png"), r.stage) for r in rows] == [(True, "warning")]
+    assert "mirrored" in rows[0].message
+    assert "2 reconstructed (1 with warnings), 0 already done, 0 failed" in capsys.readouterr().out
+    # The run's page: one row per photo, and the run's record.
     page = (out / "index.html").read_text()
+    assert page.count('<tr id="photo-') == 2
+    assert json.loads((out / "run.json").read_text())["inputs"]["a_b"] == str((src / "a_b.png").resolve())
+    (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (src / "notes.md").write_text("not an image")  # not listed: not an image suffix
+    stamp = (out / "a_b.mat").stat().st_mtime_ns
+    assert main(argv) == 1  # resumable: a_b and a_b_2 exist and are skipped; broken.jpg fails
+    assert (out / "a_b.mat").stat().st_mtime_ns == stamp
+    rows = read_failures_csv(out / "failures.csv")
+    assert [(r.image.endswith("broken.jpg"), r.stage) for r in rows] == [(True, "reconstruct")]
+    assert f"0 reconstructed, 2 already done, 1 failed -> {out}; see {out / 'failures.csv'}" in capsys.readouterr().out
+    page = (out / "index.html").read_text()  # the failure joins the page with its reason
     assert page.count('<tr id="photo-') == 3 and '<tr id="photo-broken" class="failed">' in page
-    assert json.loads((out / "run.json").read_text())["inputs"]["a"] == str((src / "a.png").resolve())
-    stamp = (out / "a.mat").stat().st_mtime_ns
-    assert main(argv) == 0  # resumable: a.* exist and are skipped
-    assert (out / "a.mat").stat().st_mtime_ns == stamp
-    assert "2 skipped" in capsys.readouterr().out
-    # Nothing succeeded -> non-zero exit.
-    only_bad = tmp_path / "bad"
-    only_bad.mkdir()
-    (only_bad / "x.png").write_bytes(b"garbage")
-    assert main(["reconstruct", str(only_bad), "-o", str(tmp_path / "o2"), "--method", "fit"]) == 1
 
 
 def test_demo_writes_outputs_and_recovers_faces(tmp_path):

@@ -139,9 +139,10 @@ def test_init_rnet_zero_heads():
 
 # ----------------------------------------------------------------------------- TF path
 
-def slim_graph(net) -> bytes:
+def slim_graph(net, bn_eps: float | None = None) -> bytes:
     """A frozen-GraphDef-like FaceReconModel.pb from a torch slim-layout net, names written out
-    from slim's resnet_v1_50 scopes (not from the converter's tables)."""
+    from slim's resnet_v1_50 scopes (not from the converter's tables); with `bn_eps`, each batch
+    norm also gets its FusedBatchNorm node carrying that epsilon, as frozen TF1 graphs do."""
     from tensorboard.compat.proto import graph_pb2
     from tensorboard.util import tensor_util
 
@@ -153,12 +154,15 @@ def slim_graph(net) -> bytes:
         n.name, n.op = name, op
         if array is not None:
             n.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(np.asarray(array, np.float32)))
+        return n
 
     def conv_bn(scope, torch_conv, torch_bn):
         node(f"{scope}/weights", "Const", sd[f"{torch_conv}.weight"].transpose(2, 3, 1, 0))
         for tf_name, t_name in (("gamma", "weight"), ("beta", "bias"), ("moving_mean", "running_mean"),
                                 ("moving_variance", "running_var")):
             node(f"{scope}/BatchNorm/{tf_name}", "Const", sd[f"{torch_bn}.{t_name}"])
+        if bn_eps is not None:
+            node(f"{scope}/BatchNorm/FusedBatchNorm", "FusedBatchNorm").attr["epsilon"].f = bn_eps
 
     node("input_imgs", "Placeholder")
     conv_bn("resnet_v1_50/conv1", "backbone.conv1", "backbone.bn1")
@@ -182,11 +186,14 @@ def slim_graph(net) -> bytes:
 def test_tf_parity_on_face_crops(crops, tmp_path):
     pytest.importorskip("tensorboard")
     net = randomize_(TorchRNet("slim"), seed=1)
+    for m in net.modules():  # TF1's fused batch norm raises slim's 1e-5 to 1.001e-5
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eps = 1.001e-5
     pb = tmp_path / "FaceReconModel.pb"
-    pb.write_bytes(slim_graph(net))
+    pb.write_bytes(slim_graph(net, bn_eps=1.001e-5))
     out_dir = convert_tf(pb, tmp_path / "rnet")
     variables, config = load_rnet(out_dir)
-    assert config == RNetConfig(variant="slim", input="bgr255", bn_eps=1e-5)
+    assert config == RNetConfig(variant="slim", input="bgr255", bn_eps=1.001e-5)  # read from the graph
     meta = json.loads((out_dir / "rnet.json").read_text())
     assert meta["source"]["ignored_heads"] == ["fc-f"] and meta["source"]["output_node"] == "coeff"
     ref = torch_forward(net, crops[..., ::-1] * 255.0)  # the TF model sees BGR 0-255
@@ -195,6 +202,43 @@ def test_tf_parity_on_face_crops(crops, tmp_path):
     err = rel_err(out, ref)
     print(f"tf (slim) parity: max |diff| / max |ref| = {err:.2e}")
     np.testing.assert_allclose(out, ref, rtol=RTOL, atol=RTOL * np.abs(ref).max())
+
+
+def test_tf_batch_norm_epsilon_and_folded_graphs(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.compat.proto import graph_pb2
+    from tensorboard.util import tensor_util
+
+    from jaxface.rnet.convert_tf import graph_bn_epsilon
+
+    def graph(*nodes):
+        g = graph_pb2.GraphDef()
+        for name, op, value in nodes:
+            n = g.node.add()
+            n.name, n.op = name, op
+            if op == "FusedBatchNormV3":
+                n.attr["epsilon"].f = value
+            elif value is not None:
+                n.attr["value"].tensor.CopyFrom(tensor_util.make_tensor_proto(np.asarray(value, np.float32)))
+        return g
+
+    mixed = graph(("a/BatchNorm/FusedBatchNorm", "FusedBatchNormV3", 1e-3),
+                  ("b/BatchNorm/FusedBatchNorm", "FusedBatchNormV3", 1e-5))
+    with pytest.raises(ValueError, match=r"different epsilons \[1e-05, 0.001\]"):
+        graph_bn_epsilon(mixed.node)
+    unfused = graph(("s/conv1/BatchNorm/batchnorm/add/y", "Const", 1e-3))
+    assert graph_bn_epsilon(unfused.node) == 1e-3 and graph_bn_epsilon(graph().node) is None
+    # optimize_for_inference folds each batch norm into its conv: scaled weights, a
+    # `<conv>_bn_offset` Const and a BiasAdd that keeps the batch norm's name.
+    folded = graph(("resnet_v1_50/conv1/weights", "Const", np.ones((7, 7, 3, 64))),
+                   ("resnet_v1_50/conv1/Conv2D", "Conv2D", None),
+                   ("resnet_v1_50/conv1/Conv2D_bn_offset", "Const", np.zeros(64)),
+                   ("resnet_v1_50/conv1/BatchNorm/FusedBatchNorm", "BiasAdd", None))
+    pb = tmp_path / "folded.pb"
+    pb.write_bytes(folded.SerializeToString())
+    with pytest.raises(ValueError, match="batch norms were folded into the convolutions.*optimize_for_inference"):
+        convert_tf(pb, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
 
 
 def test_slim_layout_differs_from_torch_layout(torch_net, crops):

@@ -41,6 +41,45 @@ def _require(path: Path, what: str) -> Path:
     return path
 
 
+def mat_declared_size(path: Path) -> int | None:
+    """The size a MATLAB v5 file's own element headers add up to (None: not a v5 file).
+
+    Each top-level element starts with (type, byte count); following them costs no reading
+    of the data. A file shorter than this was cut off (interrupted download or copy).
+    """
+    import struct
+
+    with open(path, "rb") as f:
+        head = f.read(128)
+        order = {b"IM": "<", b"MI": ">"}.get(head[126:128]) if len(head) == 128 else None
+        if order is None or not head.startswith(b"MATLAB 5.0"):
+            return None
+        size, pos = os.fstat(f.fileno()).st_size, 128
+        while pos < size:
+            f.seek(pos)
+            tag = f.read(8)
+            if len(tag) < 8:
+                return pos + 8
+            kind, nbytes = struct.unpack(order + "II", tag)
+            if kind >> 16:  # small data element: the data sits in the tag
+                pos += 8
+            else:
+                pos += 8 + nbytes + ((-nbytes) % 8 if kind == 14 else 0)  # miMATRIX is padded to 8 bytes
+        return pos
+
+
+def _truncation(path: Path) -> str | None:
+    """Why `path` looks truncated, or None."""
+    try:
+        declared, size = mat_declared_size(path), path.stat().st_size
+    except OSError:
+        return None
+    if declared is None or declared <= size:
+        return None
+    return (f"{path} looks truncated: it is {size:,} bytes but its contents need at least {declared:,} "
+            "(an interrupted download or copy?); re-download it.")
+
+
 def _loadmat_checked(path: Path, expected: dict[str, tuple]) -> dict[str, np.ndarray]:
     """loadmat after checking variable names and shapes from the header (no big allocation first).
 
@@ -49,17 +88,20 @@ def _loadmat_checked(path: Path, expected: dict[str, tuple]) -> dict[str, np.nda
     try:
         header = {name: tuple(shape) for name, shape, _ in sio.whosmat(str(path))}
     except Exception as e:  # scipy raises several types on garbage
-        raise ModelFileError(f"{path} is not a readable MATLAB v5 .mat file ({type(e).__name__}: {e}); re-download it.") from e
+        raise ModelFileError(_truncation(path) or f"{path} is not a readable MATLAB v5 .mat file "
+                             f"({type(e).__name__}: {e}); re-download it.") from e
     for name, shape in expected.items():
         if name not in header:
-            raise ModelFileError(f"{path} has no variable {name!r} (found {sorted(header)}); is this the right file?")
+            raise ModelFileError(_truncation(path) or f"{path} has no variable {name!r} (found {sorted(header)}); "
+                                 "is this the right file?")
         found = header[name]
         if len(found) != len(shape) or any(s is not None and s != f for s, f in zip(shape, found)):
             raise ModelFileError(f"{path}: variable {name!r} has shape {found}, expected {shape} (None = any)")
     try:
         data = sio.loadmat(str(path), variable_names=list(expected) + [SYNTHETIC_KEY])
     except Exception as e:
-        raise ModelFileError(f"{path} is truncated or corrupt ({type(e).__name__}: {e}); re-download or re-convert it.") from e
+        raise ModelFileError(_truncation(path) or f"{path} is corrupt ({type(e).__name__}: {e}); "
+                             "re-download or re-convert it.") from e
     return data
 
 

@@ -4,8 +4,9 @@ Every writer goes through `jaxface.fileio.atomic_path` (temp file beside the des
 renamed on success), so an interrupted run never leaves a half-written result, and an older
 result survives a failed rewrite. File names come from `result_paths` / `output_path`, which
 keep every path inside the output folder; `sanitize_stem` turns an image's file name into a
-safe stem. `files` holds the formats, `paths` the names, `overlay` the pictures, `failures`
-the CSV of photos without a result.
+safe stem and `assign_stems` a distinct one per photo (`manifest.csv`). `files` holds the
+formats, `paths` the names, `manifest` who owns which name, `overlay` the pictures,
+`failures` the CSV of photos without a result.
 """
 
 from __future__ import annotations
@@ -33,6 +34,13 @@ from jaxface.outputs.files import (
     save_mat,
     save_obj,
 )
+from jaxface.outputs.manifest import (
+    MANIFEST_NAME,
+    assign_stems,
+    image_key,
+    read_manifest,
+    write_manifest,
+)
 from jaxface.outputs.overlay import (
     blend_overlay,
     draw_landmarks,
@@ -54,11 +62,12 @@ from jaxface.outputs.paths import (
 )
 
 __all__ = [
-    "FAILURE_COLUMNS", "MAX_MAT_BYTES", "MAX_MAT_ELEMENTS", "MAX_OBJ_BYTES", "MAX_STEM_CHARS", "OK", "RESULT_KINDS",
-    "TF_KEYS", "TORCH_KEYS", "Failure", "FailureLog", "OutputPathError", "OutputWriteError", "ResultPaths",
-    "atomic_output", "blend_overlay", "draw_landmarks", "format_obj", "load_mat", "load_obj", "output_path",
-    "outputs_exist", "read_failures_csv", "result_paths", "sanitize_stem", "save_mat", "save_obj", "save_outputs",
-    "save_overlay", "save_png", "write_failures_csv",
+    "FAILURE_COLUMNS", "MANIFEST_NAME", "MAX_MAT_BYTES", "MAX_MAT_ELEMENTS", "MAX_OBJ_BYTES",
+    "MAX_STEM_CHARS", "OK", "RESULT_KINDS", "TF_KEYS", "TORCH_KEYS", "Failure", "FailureLog",
+    "OutputPathError", "OutputWriteError", "ResultPaths", "assign_stems", "atomic_output", "blend_overlay",
+    "draw_landmarks", "format_obj", "image_key", "load_mat", "load_obj", "output_path", "outputs_exist",
+    "read_failures_csv", "read_manifest", "result_paths", "sanitize_stem", "save_mat", "save_obj",
+    "save_outputs", "save_overlay", "save_png", "write_failures_csv", "write_manifest",
 ]
 
 

@@ -5,7 +5,8 @@ here; it needs the optional `jaxface[torch]`.
 """
 
 from jaxface.rnet.checkpoint import default_rnet_dir, load_rnet, save_rnet
-from jaxface.rnet.convert import convert_tf, convert_torch, convert_weights_cli
+from jaxface.rnet.convert import convert_torch, convert_weights_cli
+from jaxface.rnet.convert_tf import convert_tf
 from jaxface.rnet.network import RNet, RNetConfig, init_rnet, predict, to_network_input
 
 __all__ = [

@@ -13,6 +13,7 @@ concludes from it (converted reference weights record none: the Basel model).
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from jaxface.paths import weights_dir
-from jaxface.rnet.network import RNetConfig, abstract_variables
+from jaxface.rnet.network import INPUT_CONVENTIONS, VARIANTS, RNetConfig, abstract_variables
 
 META_NAME = "rnet.json"
 CKPT_NAME = "checkpoint"
@@ -61,13 +62,43 @@ def trained_for_synthetic(source: dict[str, Any]) -> bool:
     return source.get("synthetic", False)
 
 
+def _is_number(x) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+def read_meta(meta_path: Path) -> dict[str, Any]:
+    """The rnet.json of a weights folder, every field checked; a ValueError names the file and field."""
+    try:
+        meta = json.loads(meta_path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{meta_path} is not valid JSON ({e}); re-run `jaxface convert-weights`") from e
+    fix = "re-run `jaxface convert-weights` (or `jaxface train`) to rewrite it"
+    if not isinstance(meta, dict):
+        raise ValueError(f"{meta_path} must hold a JSON object, got {type(meta).__name__}; {fix}")
+    if meta.get("format") != FORMAT:
+        raise ValueError(f"{meta_path}: field 'format' is {meta.get('format')!r}, expected {FORMAT!r}; "
+                         f"this is not a jaxface R-Net description; {fix}")
+    version = meta.get("version", VERSION)
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= VERSION:
+        raise ValueError(f"{meta_path}: field 'version' is {version!r}; this jaxface reads version "
+                         f"{VERSION} (a newer jaxface may have written it); {fix}")
+    config = meta.get("config")
+    if not isinstance(config, dict):
+        raise ValueError(f"{meta_path}: field 'config' must be an object, got {type(config).__name__}; {fix}")
+    choices = {"variant": VARIANTS, "input": INPUT_CONVENTIONS, "dtype": ("float32", "bfloat16")}
+    for name, allowed in choices.items():
+        if name in config and config[name] not in allowed:
+            raise ValueError(f"{meta_path}: field 'config.{name}' is {config[name]!r}; expected one of {allowed}")
+    eps = config.get("bn_eps", 1e-5)
+    if not _is_number(eps) or not math.isfinite(eps) or eps <= 0:
+        raise ValueError(f"{meta_path}: field 'config.bn_eps' must be a positive number, got {eps!r}")
+    return meta
+
+
 def weights_provenance(path: str | Path | None = None) -> dict[str, Any]:
     """The `source` of a weights folder's rnet.json ({} when it records none), type-checked."""
     meta_path = Path(path if path is not None else default_rnet_dir()) / META_NAME
-    try:
-        source = json.loads(meta_path.read_text()).get("source", {})
-    except (OSError, json.JSONDecodeError, AttributeError) as e:
-        raise ValueError(f"{meta_path} is not a readable jaxface R-Net description ({e})") from e
+    source = read_meta(meta_path).get("source", {})
     if source is None:
         return {}
     if not isinstance(source, dict):
@@ -115,15 +146,7 @@ def load_rnet(path: str | Path | None = None) -> tuple[dict, RNetConfig]:
     meta_path, ckpt_path = where / META_NAME, where / CKPT_NAME
     if not meta_path.is_file() or not ckpt_path.is_dir():
         raise FileNotFoundError(missing_weights_message(where))
-    try:
-        meta = json.loads(meta_path.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{meta_path} is not valid JSON ({e}); re-run `jaxface convert-weights`") from e
-    if meta.get("format") != FORMAT or not isinstance(meta.get("config"), dict):
-        raise ValueError(f"{meta_path} is not a jaxface R-Net description (format {meta.get('format')!r})")
-    if meta.get("version", 0) > VERSION:
-        raise ValueError(f"{meta_path} has version {meta['version']}; this jaxface reads up to {VERSION}")
-    config = RNetConfig.from_json(meta["config"])
+    config = RNetConfig.from_json(read_meta(meta_path)["config"])
     target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), abstract_variables(config))
     try:
         variables = ocp.StandardCheckpointer().restore(ckpt_path, target)

@@ -3,10 +3,7 @@
 - PyTorch `epoch_20.pth` (Deep3DFaceRecon_pytorch): `{"net_recon": state_dict}` with
   torchvision ResNet-50 keys under `backbone.` and the heads under `final_layers.0..6`.
   Read with `torch.load(weights_only=True)` (no arbitrary unpickling). Needs `jaxface[torch]`.
-- TensorFlow frozen graph `FaceReconModel.pb` (Deep3DFaceReconstruction): slim
-  `resnet_v1_50/...` variables and `fc-*` heads as Const nodes. Parsed with the GraphDef
-  protos shipped in tensorboard, no TensorFlow. Needs `jaxface[tf]`. Heads beyond the seven
-  (one release has an eighth, a focal-length output making `coeff:0` 258 wide) are ignored.
+- TensorFlow frozen graph `FaceReconModel.pb` (Deep3DFaceReconstruction): see `convert_tf`.
 
 Every tensor's name and shape is checked against the R-Net tree before it is converted.
 """
@@ -15,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import re
 import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
@@ -148,7 +144,7 @@ def _import_torch():
     return torch
 
 
-def _check_file(path: Path, expected: str) -> Path:
+def check_source_file(path: Path, expected: str) -> Path:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(
@@ -162,7 +158,7 @@ def _check_file(path: Path, expected: str) -> Path:
     return path
 
 
-def _sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 22), b""):
@@ -173,7 +169,7 @@ def _sha256(path: Path) -> str:
 def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
     """The R-Net state dict of an `epoch_20.pth` (torch tensors, memory-mapped when possible)."""
     torch = _import_torch()
-    path = _check_file(pth_path, "epoch_20.pth")
+    path = check_source_file(pth_path, "epoch_20.pth")
     def load(mmap: bool):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
@@ -224,80 +220,10 @@ def torch_state_to_variables(state: Mapping[str, Any], what: str = "state dict")
 
 def convert_torch(pth_path: str | Path, out_dir: str | Path | None = None) -> Path:
     """`epoch_20.pth` -> weights folder (default weights/rnet/); returns the folder."""
-    path = _check_file(pth_path, "epoch_20.pth")
+    path = check_source_file(pth_path, "epoch_20.pth")
     variables, config = torch_state_to_variables(read_torch_state(path), what=str(path))
-    source = {"format": "pytorch", "file": path.name, "sha256": _sha256(path),
+    source = {"format": "pytorch", "file": path.name, "sha256": file_sha256(path),
               "reference": "sicxu/Deep3DFaceRecon_pytorch"}
-    return save_rnet(variables, config, out_dir, source)
-
-
-# ----------------------------------------------------------------------------- TensorFlow
-
-def _import_tf_protos():
-    try:
-        from tensorboard.compat.proto import graph_pb2
-        from tensorboard.util import tensor_util
-    except ImportError as e:
-        raise ImportError("converting a TensorFlow FaceReconModel.pb needs the GraphDef protos of "
-                          "tensorboard: pip install 'jaxface[tf]'") from e
-    return graph_pb2, tensor_util
-
-
-def read_graph_consts(pb_path: str | Path) -> tuple[dict[str, Any], list[str]]:
-    """(Const name -> TensorProto, node names) of a frozen GraphDef, without decoding tensors."""
-    graph_pb2, _ = _import_tf_protos()
-    from google.protobuf.message import DecodeError
-
-    path = _check_file(pb_path, "FaceReconModel.pb")
-    graph = graph_pb2.GraphDef()
-    try:
-        graph.ParseFromString(path.read_bytes())
-    except DecodeError as e:
-        raise ValueError(f"{path} is not a TensorFlow GraphDef ({e}); expected the frozen FaceReconModel.pb") from e
-    consts = {n.name: n.attr["value"].tensor for n in graph.node if n.op == "Const"}
-    return consts, [n.name for n in graph.node]
-
-
-def slim_consts_to_variables(consts: Mapping[str, Any], what: str = "graph") -> tuple[dict, RNetConfig, dict]:
-    """R-Net variables + config (+ notes) from slim Const TensorProtos (`resnet_v1_50/...`, `fc-*`).
-
-    Names may carry a common prefix (e.g. an import scope); it is found from the stem conv.
-    """
-    _, tensor_util = _import_tf_protos()
-    stem = "resnet_v1_50/conv1/weights"
-    prefixes = [n[: -len(stem)] for n in consts if n.endswith(stem)]
-    if len(prefixes) != 1:
-        raise ValueError(f"{what}: expected one Const named '{stem}' (slim resnet_v1_50), found {len(prefixes)}; "
-                         "is this FaceReconModel.pb of Deep3DFaceReconstruction?")
-    prefix = prefixes[0]
-    config = RNetConfig.for_variant("slim")
-    heads = tuple((f"{h}/weights", f"{h}/biases") for h in TF_HEADS)
-
-    def shape(t) -> tuple[int, ...]:
-        return tuple(int(d.size) for d in t.tensor_shape.dim)
-
-    shapes = {n[len(prefix):]: shape(t) for n, t in consts.items() if n.startswith(prefix)}
-
-    def load(name):
-        try:
-            return tensor_util.make_ndarray(consts[prefix + name]).astype(np.float32)
-        except (ValueError, TypeError) as e:  # content length or dtype not matching the declared shape
-            raise ValueError(f"{what}: Const {prefix + name!r} could not be decoded ({e})") from e
-
-    variables = assemble_variables(shapes, load, slim_name_table(), heads, "HWIO", config, what)
-    extra = sorted({m.group(1) for n in shapes if (m := re.match(r"(fc-[^/]+)/weights$", n))} - set(TF_HEADS))
-    return variables, config, {"prefix": prefix, "ignored_heads": extra}
-
-
-def convert_tf(pb_path: str | Path, out_dir: str | Path | None = None) -> Path:
-    """`FaceReconModel.pb` -> weights folder (default weights/rnet/); returns the folder."""
-    path = _check_file(pb_path, "FaceReconModel.pb")
-    consts, nodes = read_graph_consts(path)
-    variables, config, notes = slim_consts_to_variables(consts, what=str(path))
-    source = {"format": "tensorflow-frozen-graph", "file": path.name, "sha256": _sha256(path),
-              "reference": "microsoft/Deep3DFaceReconstruction",
-              "input_node": "input_imgs" if "input_imgs" in nodes else None,
-              "output_node": "coeff" if "coeff" in nodes else None, **notes}
     return save_rnet(variables, config, out_dir, source)
 
 
@@ -323,6 +249,8 @@ def convert_weights_cli(argv: list[str] | None = None) -> int:
             print(f"error: cannot tell the format of {args.source} from its extension; "
                   "pass --format torch (epoch_20.pth) or --format tf (FaceReconModel.pb)", file=sys.stderr)
             return 2
+    from jaxface.rnet.convert_tf import convert_tf
+
     try:
         out = (convert_torch if fmt == "torch" else convert_tf)(args.source, args.out)
     except (FileNotFoundError, ValueError, ImportError) as e:

@@ -1,0 +1,274 @@
+"""`jaxface reconstruct`: photos in, result files out; resumable, one line per problem, no tracebacks.
+
+The output folder is checked (a folder, writable) before anything is loaded, and removed
+again if set-up fails and this run created it. Every photo gets its own result name
+(`outputs.assign_stems`, recorded in `manifest.csv`); the tool's own overlays in the output
+folder are never taken for inputs; temp files of killed runs are removed. A bad photo
+(unreadable, no landmarks, an unusable name) becomes a row of `failures.csv`, rewritten
+after every batch, and the batch goes on; a doubtful result gets a row with stage `warning`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+import tempfile
+from pathlib import Path
+
+EXIT_OK, EXIT_FAILED, EXIT_SETUP, EXIT_INTERRUPTED = 0, 1, 2, 130
+EXIT_CODES = """exit status:
+  0    every photo reconstructed (or done by an earlier run: reruns resume)
+  1    some photos failed: OUT/failures.csv names each one and why (the others have results)
+  2    nothing done: bad arguments, no images found, output folder not writable,
+       face model or weights unusable
+  130  interrupted (Ctrl-C, SIGTERM): finished photos are kept; rerun the same command to resume"""
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+class SetupError(Exception):
+    """Nothing can be done; the message says what to change (exit 2)."""
+
+
+def _parser() -> argparse.ArgumentParser:
+    from jaxface.conventions import IMAGE_SUFFIXES
+    from jaxface.reconstruct import METHODS
+
+    p = argparse.ArgumentParser(
+        prog="jaxface reconstruct", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
+        description="Reconstruct faces in photos: writes NAME.mat (TF and PyTorch reference keys), NAME.obj and "
+        "NAME_overlay.png per photo, manifest.csv (which photo each NAME belongs to) and failures.csv. "
+        "Landmarks come from NAME.txt beside each photo (five lines 'x y'), else from the face detector when "
+        "the [detect] extra is installed. EXIF orientation is applied. Resumable: photos whose outputs exist "
+        "are skipped unless --overwrite.",
+    )
+    p.add_argument("paths", nargs="+", type=Path, help=f"photos or folders of photos ({' '.join(IMAGE_SUFFIXES)})")
+    p.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if missing)")
+    p.add_argument("--bfm", type=Path, default=None,
+                   help="folder with the Basel model (BFM_model_front.mat, or 01_MorphableModel.mat + Exp_Pca.bin); "
+                   "default ./BFM, else the SYNTHETIC model with a notice")
+    p.add_argument("--weights", type=Path, default=None, help="converted R-Net weights folder (default weights/rnet)")
+    p.add_argument("--method", choices=METHODS, default="auto",
+                   help="rnet (network), fit (gradient fitting), rnet+fit, auto (rnet if weights exist, else fit)")
+    p.add_argument("--batch-size", type=int, default=16, help="photos per batch (default 16)")
+    p.add_argument("--steps", type=int, default=None,
+                   help="fitting steps per stage, 0 or a multiple of 10 (default: FitConfig's)")
+    p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs exist")
+    return p
+
+
+def _prepare_out_dir(out: Path) -> list[Path]:
+    """Create `out` and check that it takes files; returns the folders this created (to undo)."""
+    if out.exists() and not out.is_dir():
+        raise SetupError(f"the output folder {out} is an existing file; pass a folder (it is created if missing)")
+    created = []
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise SetupError(f"cannot create the output folder {out}: {folder} is a file, not a folder")
+            break
+        created.append(folder)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=out):
+            pass
+    except OSError as e:
+        _remove_empty(created)
+        raise SetupError(f"cannot write into the output folder {out} ({e.strerror or e}); "
+                         "choose a writable folder with -o") from e
+    return created
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    for folder in folders:  # innermost first
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+
+
+def _list_photos(paths, out: Path, stems: set[str]) -> tuple[list[Path], int]:
+    """(photos, how many of the tool's own overlays in `out` were passed over); a file given twice counts once."""
+    from jaxface.detect import list_images
+    from jaxface.outputs import image_key
+
+    out_dir, photos, seen, own = out.resolve(), [], set(), 0
+    for p in list_images(paths):
+        name = p.name
+        if name.endswith(OVERLAY_SUFFIX) and p.parent.resolve() == out_dir:
+            stem = name[: -len(OVERLAY_SUFFIX)]
+            if stem in stems or (p.parent / f"{stem}.mat").is_file():
+                own += 1
+                continue
+        key = image_key(p)
+        if key not in seen:
+            seen.add(key)
+            photos.append(p)
+    return photos, own
+
+
+def _set_up(args, out: Path):
+    """(photos, stems, name errors, Reconstructor, model); raises SetupError."""
+    from jaxface import outputs
+    from jaxface.conventions import IMAGE_SUFFIXES
+    from jaxface.fit import FitConfig
+    from jaxface.reconstruct import ReconstructConfig, Reconstructor, default_face_model
+
+    try:
+        manifest = outputs.read_manifest(out)
+    except ValueError as e:
+        raise SetupError(str(e)) from e
+    photos, own = _list_photos(args.paths, out, set(manifest.values()))
+    if not photos:
+        where = " ".join(str(p) for p in args.paths)
+        raise SetupError(f"no images found in {where} (looked for {' '.join(IMAGE_SUFFIXES)} files, not in "
+                         "subfolders" + (f"; passed over {own} overlays this tool wrote" if own else "") + ")")
+    fit_cfg = FitConfig() if args.steps is None else FitConfig(landmark_steps=args.steps, photo_steps=args.steps)
+    buckets = tuple(sorted({b for b in (1, 4, args.batch_size) if b <= args.batch_size}))
+    config = ReconstructConfig(method=args.method, buckets=buckets, fit=fit_cfg)
+    try:
+        model = default_face_model(args.bfm)
+        recon = Reconstructor(model=model, weights=args.weights, config=config, detector=_optional_detector())
+    except (OSError, ValueError) as e:
+        raise SetupError(f"set-up failed: {e}") from e
+    stems, errors = outputs.assign_stems(photos, manifest)
+    new = {outputs.image_key(p): s for p, s in zip(photos, stems) if s is not None}
+    try:
+        outputs.write_manifest(out, {**manifest, **new})
+    except OSError as e:
+        raise SetupError(str(e)) from e
+    renamed = [s for p, s in zip(photos, stems)
+               if s is not None and outputs.image_key(p) not in manifest and s != _plain_stem(p)]
+    if renamed:
+        print(f"jaxface: {len(renamed)} photos share a result name with another photo and are written as "
+              f"{', '.join(renamed[:5])}{', ...' if len(renamed) > 5 else ''} (see {out / outputs.MANIFEST_NAME})",
+              file=sys.stderr)
+    return photos, stems, errors, recon, model
+
+
+def _plain_stem(p: Path) -> str | None:
+    from jaxface.outputs import OutputPathError, sanitize_stem
+
+    try:
+        return sanitize_stem(p.stem)
+    except OutputPathError:
+        return None
+
+
+def reconstruct_cli(argv) -> int:
+    """`jaxface reconstruct`; returns the exit status (see EXIT_CODES)."""
+    t0 = time.perf_counter()
+    p = _parser()
+    args = p.parse_args(argv)
+    if args.batch_size < 1:
+        p.error("--batch-size must be at least 1")
+    from jaxface.fit import FitConfig
+
+    every = FitConfig.raster_every
+    if args.steps is not None and (args.steps < 0 or args.steps % every):
+        p.error(f"--steps must be 0 or a multiple of {every} (fitting refreshes which triangles are visible "
+                f"every {every} steps), got {args.steps}")
+    created: list[Path] = []
+    try:
+        created = _prepare_out_dir(args.out)
+        from jaxface.fileio import remove_stale_temps
+
+        stale = remove_stale_temps(args.out)
+        if stale:
+            print(f"jaxface: removed {len(stale)} partial files left by an interrupted run", file=sys.stderr)
+        photos, stems, errors, recon, model = _set_up(args, args.out)
+    except SetupError as e:
+        _remove_empty(created)
+        print(f"jaxface reconstruct: {e}", file=sys.stderr)
+        return EXIT_SETUP
+    except KeyboardInterrupt:
+        _remove_empty(created)
+        print("jaxface reconstruct: interrupted during set-up; nothing was reconstructed", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    print(f"model: {model.label}; method: {recon.method}", file=sys.stderr)
+    return _run(args, photos, stems, errors, recon, model, t0)
+
+
+def _run(args, photos, stems, errors, recon, model, t0: float) -> int:
+    from jaxface import outputs
+
+    out, size = args.out, args.batch_size
+    failures = outputs.FailureLog()
+    for i, msg in errors.items():
+        failures.add(photos[i], "name", msg)
+    todo = [i for i, s in enumerate(stems) if s is not None and (args.overwrite or not outputs.outputs_exist(out, s))]
+    skipped = sum(s is not None for s in stems) - len(todo)
+    csv_path = out / "failures.csv"
+    done = warned = 0
+    csv_error: list[OSError] = []
+
+    def save_failures():
+        csv_error.clear()
+        try:
+            failures.write(csv_path)
+        except OSError as e:
+            csv_error.append(e)
+
+    try:
+        save_failures()  # also replaces the failures of an earlier run
+        for start in range(0, len(todo), size):
+            chunk = todo[start : start + size]
+            result = recon([photos[i] for i in chunk])
+            for k, i in enumerate(chunk):
+                if result.status[k] != outputs.OK:
+                    failures.add(photos[i], "reconstruct", result.status[k])
+                    continue
+                try:
+                    outputs.save_outputs(result, k, out, stems[i], model.tris)
+                except OSError as e:
+                    failures.add(photos[i], "write", e)
+                    continue
+                done += 1
+                if result.warnings[k]:
+                    failures.add(photos[i], "warning", result.warnings[k])
+                    warned += 1
+            save_failures()
+            n_failed = len(failures) - warned
+            print(f"[{min(start + size, len(todo))}/{len(todo)}] {done} reconstructed, {n_failed} failed",
+                  file=sys.stderr)
+    except KeyboardInterrupt:
+        save_failures()
+        print(f"jaxface reconstruct: interrupted; {done} of {len(todo)} photos reconstructed in this run "
+              f"(kept in {out}), {skipped} by earlier runs; rerun the same command to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    failed = len(failures) - warned
+    if csv_error:
+        why = csv_error[0].strerror or csv_error[0]
+        print(f"jaxface reconstruct: {why}; the rows of failures.csv are:", file=sys.stderr)
+        for r in failures.rows:
+            print(f"  {r.image}: {r.stage}: {r.message}", file=sys.stderr)
+    note = f" ({warned} with warnings)" if warned else ""
+    see = f"; see {csv_path}" if (failed or warned) and not csv_error else ""
+    print(f"{done} reconstructed{note}, {skipped} already done, {failed} failed -> {out}{see}")
+    from jaxface.report import report_after_run
+
+    report_after_run(out, {"command": "reconstruct", "model": model.label, "method": recon.method,
+                           "photos": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2),
+                           "inputs": {s: str(p.resolve()) for s, p in zip(stems, photos) if s is not None}})
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+class _LazyDetector:
+    """Loads the dlib detector on the first photo without a NAME.txt (2-3 s saved otherwise)."""
+
+    def __init__(self):
+        self._detector = None
+
+    def detect(self, image):
+        if self._detector is None:
+            from jaxface.detect import Detector
+
+            self._detector = Detector()
+        return self._detector.detect(image)
+
+
+def _optional_detector():
+    """A face detector when the [detect] extra is installed, else None (photos then need NAME.txt)."""
+    import importlib.util
+
+    return _LazyDetector() if importlib.util.find_spec("dlib") is not None else None
