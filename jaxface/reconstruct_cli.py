@@ -185,7 +185,6 @@ def reconstruct_cli(argv) -> int:
         _remove_empty(created)
         print("jaxface reconstruct: interrupted during set-up; nothing was reconstructed", file=sys.stderr)
         return EXIT_INTERRUPTED
-    print(f"model: {model.label}; method: {recon.method}", file=sys.stderr)
     return _run(args, photos, stems, errors, recon, model, t0)
 
 
@@ -196,10 +195,9 @@ def _run(args, photos, stems, errors, recon, model, t0: float) -> int:
     failures = outputs.FailureLog()
     for i, msg in errors.items():
         failures.add(photos[i], "name", msg)
-    todo = [i for i, s in enumerate(stems) if s is not None and (args.overwrite or not outputs.outputs_exist(out, s))]
-    skipped = sum(s is not None for s in stems) - len(todo)
     csv_path = out / "failures.csv"
-    done = warned = 0
+    todo: list[int] = []
+    done = warned = skipped = 0
     csv_error: list[OSError] = []
 
     def save_failures():
@@ -209,7 +207,10 @@ def _run(args, photos, stems, errors, recon, model, t0: float) -> int:
         except OSError as e:
             csv_error.append(e)
 
-    try:
+    try:  # from here on an interrupt keeps what is done and says so
+        todo = [i for i, s in enumerate(stems) if s is not None and (args.overwrite or not outputs.outputs_exist(out, s))]
+        skipped = sum(s is not None for s in stems) - len(todo)
+        print(f"model: {model.label}; method: {recon.method}", file=sys.stderr)
         save_failures()  # also replaces the failures of an earlier run
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
