@@ -27,8 +27,8 @@ def _convert_bfm(argv) -> int:
 def _reconstruct(argv) -> int:
     p = argparse.ArgumentParser(
         prog="jaxface reconstruct",
-        description="Reconstruct faces in photos: writes NAME.mat (TF and PyTorch reference keys), NAME.obj and "
-        "NAME_overlay.png per photo, and failures.csv. Landmarks come from NAME.txt beside each photo (five "
+        description="Reconstruct faces in photos: writes NAME.mat (TF and PyTorch reference keys), NAME_mesh.obj and "
+        "NAME_overlay.png per photo (the TF reference's names), and failures.csv. Landmarks come from NAME.txt beside each photo (five "
         "lines 'x y'), else from the face detector when the [detect] extra is installed. Resumable: photos "
         "whose outputs exist are skipped unless --overwrite.",
     )
@@ -45,9 +45,17 @@ def _reconstruct(argv) -> int:
     p.add_argument("--batch-size", type=int, default=16, help="photos per batch (default 16)")
     p.add_argument("--steps", type=int, default=None, help="fitting steps per stage (default: FitConfig's)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs exist")
+    p.add_argument("--texture", action="store_true",
+                   help="also write NAME_texture.png (photo colours), NAME_albedo.png (de-lit), NAME_visibility.png, "
+                   "a textured NAME_mesh.obj + NAME_mesh.mtl and NAME.glb (needs the [mesh] extra)")
+    p.add_argument("--texture-size", type=int, default=512, help="texture side in texels (default 512)")
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
+    from jaxface.texture import MAX_TEXTURE_SIZE
+
+    if not 8 <= args.texture_size <= MAX_TEXTURE_SIZE:
+        p.error(f"--texture-size must be between 8 and {MAX_TEXTURE_SIZE}")
 
     from jaxface import outputs
     from jaxface.detect import list_images
@@ -62,26 +70,30 @@ def _reconstruct(argv) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         model = default_face_model(args.bfm)
         recon = Reconstructor(model=model, weights=args.weights, config=config, detector=_optional_detector())
-    except (OSError, ValueError) as e:
+        textures = _TextureWriter(model, args.texture_size) if args.texture else None
+    except (OSError, ValueError, ImportError) as e:
         print(f"jaxface reconstruct: set-up failed: {e}", file=sys.stderr)
         return 2
     print(f"model: {model.label}; method: {recon.method}", file=sys.stderr)
 
     images = list_images(args.paths)
     stems = [outputs.sanitize_stem(p.stem) for p in images]
-    todo = [i for i, s in enumerate(stems) if args.overwrite or not outputs.outputs_exist(args.out, s)]
+    kinds = outputs.RESULT_KINDS + (outputs.TEXTURE_KINDS if args.texture else ())
+    todo = [i for i, s in enumerate(stems) if args.overwrite or not outputs.outputs_exist(args.out, s, kinds)]
     skipped = len(images) - len(todo)
     failures = outputs.FailureLog()
+    uv = textures.atlas.uv if textures else None
     done = 0
     for start in range(0, len(todo), args.batch_size):
         chunk = todo[start : start + args.batch_size]
         result = recon([images[i] for i in chunk])
+        maps = textures.extract(result, [images[i] for i in chunk]) if textures else {}
         for k, i in enumerate(chunk):
             if result.status[k] != "ok":
                 failures.add(images[i], "reconstruct", result.status[k])
                 continue
             try:
-                save_outputs(result, k, args.out, stems[i], model.tris)
+                save_outputs(result, k, args.out, stems[i], model.tris, maps.get(k), uv)
                 done += 1
             except OSError as e:
                 failures.add(images[i], "write", e)
@@ -91,6 +103,35 @@ def _reconstruct(argv) -> int:
     print(f"{done} reconstructed, {skipped} skipped (outputs exist), {len(failures)} failed "
           f"-> {args.out}" + (f" (see {args.out / 'failures.csv'})" if len(failures) else ""))
     return 0 if done or skipped else 1
+
+
+class _TextureWriter:
+    """Texture extraction for `jaxface reconstruct --texture`: the atlas built once."""
+
+    def __init__(self, model, size: int):
+        from jaxface.outputs.mesh import _trimesh
+        from jaxface.texture import TextureConfig, texture_atlas
+
+        _trimesh()  # fail at set-up, not after the first batch, when the [mesh] extra is missing
+        self.model, self.config = model, TextureConfig(size=size)
+        self.atlas = texture_atlas(model, size)
+
+    def extract(self, result, paths) -> dict:
+        """{k: one face's Textures} for the reconstructed images k of a batch (photos reloaded
+        from `paths` to sample them at full resolution)."""
+        import jax
+        import numpy as np
+
+        from jaxface.align import load_image
+        from jaxface.texture import extract_textures
+
+        ok = [k for k, s in enumerate(result.status) if s == "ok"]
+        if not ok:
+            return {}
+        coeffs = jax.tree.map(lambda x: np.asarray(x)[ok], result.coeffs)
+        maps = extract_textures(self.model, coeffs, [load_image(paths[k]) for k in ok], result.trans_params[ok],
+                                atlas=self.atlas, config=self.config)
+        return {k: jax.tree.map(lambda x: x[j], maps) for j, k in enumerate(ok)}
 
 
 class _LazyDetector:
@@ -117,7 +158,10 @@ def _optional_detector():
 # name -> (one-line help, "module:function" taking argv and returning an exit code)
 COMMANDS = {
     "demo": ("reconstruct synthetic faces on the embedded synthetic model and write outputs (no download)", "jaxface.demo:demo_cli"),
-    "reconstruct": ("reconstruct faces in photos or folders; writes .mat, .obj and overlay images", "jaxface.cli:_reconstruct"),
+    "reconstruct": ("reconstruct faces in photos or folders; writes .mat, .obj and overlay images (--texture: "
+                    "texture maps, textured .obj and .glb)", "jaxface.cli:_reconstruct"),
+    "edit": ("edit the expression of result .mat files (--neutral, --expression-from OTHER.mat)",
+             "jaxface.edit:edit_cli"),
     "convert-bfm": ("convert the Basel Face Model files into BFM_model_front.mat", "jaxface.cli:_convert_bfm"),
     "convert-weights": ("convert trained R-Net weights (epoch_20.pth or FaceReconModel.pb) for jaxface", "jaxface.rnet.convert:convert_weights_cli"),
     "train": ("train R-Net: weakly supervised on photos (needs the Basel model) or --synthetic pre-training", "jaxface.train.cli:train_cli"),
