@@ -27,10 +27,10 @@ def _convert_bfm(argv) -> int:
 def _reconstruct(argv) -> int:
     p = argparse.ArgumentParser(
         prog="jaxface reconstruct",
-        description="Reconstruct faces in photos: writes NAME.mat (TF and PyTorch reference keys), NAME_mesh.obj and "
-        "NAME_overlay.png per photo (the TF reference's names), and failures.csv. Landmarks come from NAME.txt beside each photo (five "
-        "lines 'x y'), else from the face detector when the [detect] extra is installed. Resumable: photos "
-        "whose outputs exist are skipped unless --overwrite.",
+        description="Reconstruct faces in photos: writes NAME.mat (TF and PyTorch reference keys), NAME_mesh.obj "
+        "and NAME_overlay.png per photo (the TF reference's names), and failures.csv. Landmarks come from NAME.txt "
+        "beside each photo (five lines 'x y'), else from the face detector when the [detect] extra is installed. "
+        "Resumable: photos whose outputs exist are skipped unless --overwrite.",
     )
     p.add_argument("paths", nargs="+", type=Path, help="photos or folders of photos (.jpg .jpeg .png .bmp)")
     p.add_argument("-o", "--out", type=Path, required=True, help="output folder (created if missing)")
@@ -70,7 +70,7 @@ def _reconstruct(argv) -> int:
         args.out.mkdir(parents=True, exist_ok=True)
         model = default_face_model(args.bfm)
         recon = Reconstructor(model=model, weights=args.weights, config=config, detector=_optional_detector())
-        textures = _TextureWriter(model, args.texture_size) if args.texture else None
+        textures = _TextureWriter(model, args.texture_size, buckets) if args.texture else None
     except (OSError, ValueError, ImportError) as e:
         print(f"jaxface reconstruct: set-up failed: {e}", file=sys.stderr)
         return 2
@@ -108,12 +108,12 @@ def _reconstruct(argv) -> int:
 class _TextureWriter:
     """Texture extraction for `jaxface reconstruct --texture`: the atlas built once."""
 
-    def __init__(self, model, size: int):
+    def __init__(self, model, size: int, buckets: tuple[int, ...]):
         from jaxface.outputs.mesh import _trimesh
         from jaxface.texture import TextureConfig, texture_atlas
 
         _trimesh()  # fail at set-up, not after the first batch, when the [mesh] extra is missing
-        self.model, self.config = model, TextureConfig(size=size)
+        self.model, self.config, self.buckets = model, TextureConfig(size=size), buckets
         self.atlas = texture_atlas(model, size)
 
     def extract(self, result, paths) -> dict:
@@ -123,14 +123,16 @@ class _TextureWriter:
         import numpy as np
 
         from jaxface.align import load_image
+        from jaxface.reconstruct import bucket_size
         from jaxface.texture import extract_textures
 
         ok = [k for k, s in enumerate(result.status) if s == "ok"]
         if not ok:
             return {}
         coeffs = jax.tree.map(lambda x: np.asarray(x)[ok], result.coeffs)
+        # Padded to the reconstruction's bucket: its compiled formation + z-buffer program is reused.
         maps = extract_textures(self.model, coeffs, [load_image(paths[k]) for k in ok], result.trans_params[ok],
-                                atlas=self.atlas, config=self.config)
+                                atlas=self.atlas, config=self.config, batch_size=bucket_size(len(ok), self.buckets))
         return {k: jax.tree.map(lambda x: x[j], maps) for j, k in enumerate(ok)}
 
 

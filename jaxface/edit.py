@@ -106,6 +106,9 @@ def edit_file(model, path: Path, out_dir: Path, edit, atlas=None, config=None) -
     if "face_shape" in data and data["face_shape"].shape[0] != model.num_vertices:
         raise ValueError(f"{path} holds a {data['face_shape'].shape[0]}-vertex face but {model.label} has "
                          f"{model.num_vertices}; pass the model it was made with (--bfm)")
+    crop = _crop_u8(data.get("cropped_img"))
+    if atlas is not None and crop is None:
+        raise ValueError(f"{path} has no cropped_img (PyTorch layout) to take a texture from; drop --texture")
     original = as_coeffs(data)
     coeffs = edit(original)
     # The edit and the original in one batch: one compiled program for both.
@@ -113,11 +116,9 @@ def edit_file(model, path: Path, out_dir: Path, edit, atlas=None, config=None) -
     face, rendered = render_faces(model, both, Camera())
     made = np.asarray(face.vertices[1])
     face, rendered = jax.tree.map(lambda x: np.asarray(x)[0], (face, rendered))
-    if "face_shape" in data:
-        if np.abs(made - data["face_shape"]).max() > 1e-3:  # 0.1 mm
-            print(f"jaxface edit: warning: {path} was not made with {model.label} (its face_shape differs from "
-                  "this model's); pass the model it was made with (--bfm)", file=sys.stderr)
-    crop = _crop_u8(data.get("cropped_img"))
+    if "face_shape" in data and np.abs(made - data["face_shape"]).max() > 1e-3:  # 0.1 mm
+        print(f"jaxface edit: warning: {path} was not made with {model.label} (its face_shape differs from "
+              "this model's); pass the model it was made with (--bfm)", file=sys.stderr)
     lm68 = flip_y(face.landmarks)
     save_mat(where.mat, coeffs=coeffs, cropped_img=crop,
              recon_img=np.concatenate([rendered.image, rendered.mask[..., None]], axis=-1),
@@ -126,8 +127,6 @@ def edit_file(model, path: Path, out_dir: Path, edit, atlas=None, config=None) -
     if atlas is None:
         save_obj(where.obj, face.vertices, face.colors, np.asarray(model.tris))
     else:
-        if crop is None:
-            raise ValueError(f"{path} has no cropped_img (PyTorch layout) to take a texture from; drop --texture")
         from jaxface.texture import extract_textures
 
         maps = extract_textures(model, original, [crop], atlas=atlas, config=config, batch_size=2)  # the program above

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import numpy as np
 import pytest
-from scipy.io import savemat
+from scipy.io import loadmat, savemat
 
 import jaxface
 from jaxface import Camera, Coeffs
@@ -79,10 +79,11 @@ def results(synthetic_model, tmp_path_factory):
     return folder, target, source, crop, lm5
 
 
-def test_edit_cli_transfers_between_layouts(results, synthetic_model, tmp_path):
+def test_edit_cli_transfers_between_layouts(results, synthetic_model, tmp_path, capsys):
     folder, target, source, crop, lm5 = results
     out = tmp_path / "out"
     assert main(["edit", str(folder / "tf.mat"), "--expression-from", str(folder / "torch.mat"), "-o", str(out)]) == 0
+    assert "warning" not in capsys.readouterr().err  # the file's face_shape is this model's
     assert {p.name for p in out.iterdir()} == {"tf.mat", "tf_mesh.obj", "tf_overlay.png"}
     mat = load_mat(out / "tf.mat")
     mixed = jaxface.transfer_expression(source, target)
@@ -92,6 +93,12 @@ def test_edit_cli_transfers_between_layouts(results, synthetic_model, tmp_path):
     np.testing.assert_array_equal(mat["cropped_img"], crop)  # the photo's crop and detections are kept
     np.testing.assert_array_equal(mat["lm_5p"], lm5)
     assert mat["recon_img"].shape == (224, 224, 4)
+    # A result made with another model: its face_shape disagrees, and the edit says so.
+    raw = loadmat(folder / "tf.mat")
+    raw["face_shape"] = raw["face_shape"] + np.float32(0.01)
+    savemat(tmp_path / "other.mat", {k: v for k, v in raw.items() if not k.startswith("__")})
+    assert main(["edit", str(tmp_path / "other.mat"), "--neutral", "-o", str(out)]) == 0
+    assert "was not made with synthetic-seed0" in capsys.readouterr().err
 
 
 def test_edit_cli_neutral_on_pytorch_layout_and_errors(results, tmp_path, capsys):
@@ -124,3 +131,4 @@ def test_edit_cli_with_texture(results, tmp_path):
     back = trimesh.load(out / "tf_mesh.obj", process=False)
     np.testing.assert_allclose(back.vertices, load_mat(out / "tf.mat")["face_shape"], atol=1e-6)  # the edited mesh
     assert main(["edit", str(folder / "torch.mat"), "--neutral", "--texture", "-o", str(tmp_path / "o2")]) == 1
+    assert not (tmp_path / "o2" / "torch.mat").exists()  # refused before writing anything

@@ -114,9 +114,11 @@ def test_cli_reconstruct_folder_resumes_and_reports(photos, tmp_path, capsys):
     (src / "broken.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
     (src / "notes.md").write_text("not an image")  # not listed: not an image suffix
     out = tmp_path / "out"
-    argv = ["reconstruct", str(src), "-o", str(out), "--steps", str(STEPS), "--batch-size", "2", "--method", "fit"]
+    argv = ["reconstruct", str(src), "-o", str(out), "--steps", str(STEPS), "--batch-size", "2", "--method", "fit",
+            "--texture", "--texture-size", "32"]
     assert main(argv) == 0
-    assert {p.name for p in out.iterdir()} >= {"a.mat", "a_mesh.obj", "a_overlay.png", "failures.csv"}
+    assert {p.name for p in out.iterdir()} >= {"a.mat", "a_mesh.obj", "a_overlay.png", "failures.csv", "a_mesh.mtl",
+                                               "a.glb", "a_texture.png", "a_albedo.png", "a_visibility.png"}
     rows = read_failures_csv(out / "failures.csv")
     assert [r.image.endswith("broken.jpg") for r in rows] == [True]
     stamp = (out / "a.mat").stat().st_mtime_ns
