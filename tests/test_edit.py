@@ -88,8 +88,10 @@ def test_edit_cli_transfers_between_layouts(results, synthetic_model, tmp_path, 
     mat = load_mat(out / "tf.mat")
     mixed = jaxface.transfer_expression(source, target)
     np.testing.assert_array_equal(mat["coeff"], mixed.to_vector())
-    _, posed = _shapes(synthetic_model, jax.tree.map(lambda a: np.concatenate([a, a]), mixed))
-    np.testing.assert_allclose(mat["face_shape"], posed[0], atol=1e-6)
+    face, _ = render_faces(synthetic_model, jax.tree.map(lambda a: np.concatenate([a, a]), mixed), Camera())
+    np.testing.assert_allclose(mat["face_shape"], face.vertices[0], atol=1e-6)
+    # lm_68p as face_decoder.py stores it: x, 223 - v of the projected keypoints (y down).
+    np.testing.assert_allclose(mat["lm_68p"], np.asarray(face.landmarks[0]) * [1, -1] + [0, 223], atol=1e-4)
     np.testing.assert_array_equal(mat["cropped_img"], crop)  # the photo's crop and detections are kept
     np.testing.assert_array_equal(mat["lm_5p"], lm5)
     assert mat["recon_img"].shape == (224, 224, 4)

@@ -11,8 +11,8 @@ far below that of the uniform (Tutte) weights. The result is rotated so that v p
 the face (+y of the mean shape), u to its left (+x), and scaled into [MARGIN, 1 - MARGIN].
 
 Conventions: uv in [0, 1], origin at the bottom left (OBJ `vt`); a texture image's top
-row is v = 1. Deterministic: a function of the triangles and mean shape only, fast enough
-(well under a second for the BFM front mesh) that it needs no cache.
+row is v = 1. Deterministic: a function of the triangles and mean shape only, and cheap
+enough (one sparse factorization) that it needs no cache.
 """
 
 from __future__ import annotations
