@@ -28,7 +28,10 @@ def _convert_bfm(argv) -> int:
 # name -> (one-line help, "module:function" taking argv and returning an exit code)
 COMMANDS = {
     "demo": ("reconstruct synthetic faces on the embedded synthetic model and write outputs (no download)", "jaxface.demo:demo_cli"),
-    "reconstruct": ("reconstruct faces in photos or folders; writes .mat, .obj and overlay images", "jaxface.reconstruct_cli:reconstruct_cli"),
+    "reconstruct": ("reconstruct faces in photos or folders; writes .mat, .obj and overlay images (--texture: "
+                    "texture maps, textured .obj and .glb)", "jaxface.reconstruct_cli:reconstruct_cli"),
+    "edit": ("edit the expression of result .mat files (--neutral, --expression-from OTHER.mat)",
+             "jaxface.edit:edit_cli"),
     "report": ("(re)build OUT/index.html: a page of a run's results with a 3D viewer", "jaxface.report:report_cli"),
     "convert-bfm": ("convert the Basel Face Model files into BFM_model_front.mat", "jaxface.cli:_convert_bfm"),
     "convert-weights": ("convert trained R-Net weights (epoch_20.pth or FaceReconModel.pb) for jaxface", "jaxface.rnet.convert:convert_weights_cli"),

@@ -5,7 +5,7 @@
    give. The photos and their 5-point `.txt` files are written to OUT/inputs/.
 2. `Reconstructor` aligns each photo, recovers the coefficients (R-Net when trained weights
    are present, else gradient fitting) and renders the result.
-3. OUT/NAME.mat, NAME.obj and NAME_overlay.png are written for every photo, plus
+3. OUT/NAME.mat, NAME_mesh.obj and NAME_overlay.png are written for every photo, plus
    OUT/summary.json with the recovered-versus-true errors, which are printed, and
    OUT/index.html, a page of the results with a 3D viewer.
 
@@ -119,7 +119,7 @@ def run(out_dir: Path, count: int = 4, seed: int = 0, steps: int = 60, quiet: bo
         m = summary["mean"]
         print(f"mean: shape {m['shape_error_mm']:.2f} mm (mean face {m['mean_face_error_mm']:.2f} mm), "
               f"landmarks {m['landmark_error_px']:.2f} px, pose {m['max_angle_error_deg']:.2f} deg")
-        print(f"wrote {out_dir}/NAME.mat, NAME.obj, NAME_overlay.png, inputs/, summary.json, index.html "
+        print(f"wrote {out_dir}/NAME.mat, NAME_mesh.obj, NAME_overlay.png, inputs/, summary.json, index.html "
               f"in {summary['seconds']['total']:.0f} s (SYNTHETIC data)")
     report_after_run(out_dir, quiet=quiet)
     return summary

@@ -27,7 +27,7 @@ import numpy as np
 from jaxface import align, paths
 from jaxface.camera import Camera
 from jaxface.coeffs import NUM_COEFFS, Coeffs
-from jaxface.conventions import CROP_SIZE, flip_y
+from jaxface.conventions import CROP_SIZE, five_from_68, flip_y
 from jaxface.errors import MissingFileError
 from jaxface.fit import FitConfig, fit
 from jaxface.inputs import as_batch, as_rgb_u8, landmark_warnings
@@ -71,10 +71,11 @@ class Reconstruction(NamedTuple):
     coeffs: Coeffs[B]                  the 257 coefficients
     shape: f32[B, V, 3]                canonical (unposed) shape, decimetres
     vertices: f32[B, V, 3]             posed shape (rotation + translation applied)
-    colors: f32[B, V, 3]               lit vertex colours, 0-1
+    colors: f32[B, V, 3]               lit vertex colours, 0-1 nominally, not clipped (as TF's face_color)
     albedo: f32[B, V, 3]               vertex albedo, 0-1
     landmarks: f32[B, 68, 2]           projected landmarks in original-image pixels (x, y down)
     crop_landmarks: f32[B, 68, 2]      the same in the 224x224 crop (x, y down)
+    crop_detections: f32[B, 5, 2]      the five input landmarks after alignment, crop (x, y down; TF's lm_new)
     crops: u8[B, 224, 224, 3]          the aligned network inputs
     rendered: f32[B, 224, 224, 3]      rendered face in the crop, 0-1
     mask: f32[B, 224, 224]             rendered-face mask in the crop
@@ -95,6 +96,7 @@ class Reconstruction(NamedTuple):
     albedo: np.ndarray
     landmarks: np.ndarray
     crop_landmarks: np.ndarray
+    crop_detections: np.ndarray
     crops: np.ndarray
     rendered: np.ndarray
     mask: np.ndarray
@@ -270,6 +272,7 @@ class Reconstructor:
                 lms = np.stack([flip_y(aligned[i].landmarks) for i in idx]).astype(np.float32)
                 coeffs = self._coefficients(crops, lms)
                 self._fill(out, idx, coeffs, crops, [aligned[i].trans_params for i in idx])
+                out["crop_detections"][idx] = lms if count == 5 else five_from_68(lms)
 
         image_rendered, image_mask, overlays = [], [], []
 
@@ -287,7 +290,8 @@ class Reconstructor:
         return Reconstruction(
             coeffs=Coeffs.from_vector(out["coeffs"]),
             shape=out["shape"], vertices=out["vertices"], colors=out["colors"], albedo=out["albedo"],
-            landmarks=out["landmarks"], crop_landmarks=out["crop_landmarks"], crops=out["crops"],
+            landmarks=out["landmarks"], crop_landmarks=out["crop_landmarks"],
+            crop_detections=out["crop_detections"], crops=out["crops"],
             rendered=out["rendered"], mask=out["mask"], trans_params=out["trans_params"],
             image_rendered=tuple(image_rendered), image_mask=tuple(image_mask), overlays=tuple(overlays),
             status=tuple(status), method=self.method, model_label=self.model.label,
@@ -305,7 +309,7 @@ class Reconstructor:
         for k, i in enumerate(idx):
             out["coeffs"][i] = np.asarray(jax.tree.map(lambda x: x[k], coeffs).to_vector())
             out["shape"][i], out["vertices"][i] = face.shape[k], face.vertices[k]
-            out["colors"][i], out["albedo"][i] = np.clip(face.colors[k], 0, 1), face.albedo[k]
+            out["colors"][i], out["albedo"][i] = face.colors[k], face.albedo[k]
             out["crop_landmarks"][i] = flip_y(face.landmarks[k])
             out["landmarks"][i] = align.crop_to_image_points(face.landmarks[k], trans[k])
             out["crops"][i], out["rendered"][i], out["mask"][i] = crops[k], rendered[k], mask[k]
@@ -322,6 +326,7 @@ def _empty(n: int, v: int) -> dict:
         "albedo": np.full((n, v, 3), nan, np.float32),
         "landmarks": np.full((n, 68, 2), nan, np.float32),
         "crop_landmarks": np.full((n, 68, 2), nan, np.float32),
+        "crop_detections": np.full((n, 5, 2), nan, np.float32),
         "crops": np.zeros((n, CROP_SIZE, CROP_SIZE, 3), np.uint8),
         "rendered": np.zeros((n, CROP_SIZE, CROP_SIZE, 3), np.float32),
         "mask": np.zeros((n, CROP_SIZE, CROP_SIZE), np.float32),

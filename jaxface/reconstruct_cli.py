@@ -36,8 +36,8 @@ def _parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="jaxface reconstruct", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EXIT_CODES,
-        description="Reconstruct faces in photos: writes NAME.mat (TF and PyTorch reference keys), NAME.obj and "
-        "NAME_overlay.png per photo, manifest.csv (which photo each NAME belongs to) and failures.csv. "
+        description="Reconstruct faces in photos: writes NAME.mat (TF and PyTorch reference keys), NAME_mesh.obj "
+        "and NAME_overlay.png per photo (the TF reference's names), manifest.csv (which photo each NAME belongs to) and failures.csv. "
         "Landmarks come from NAME.txt beside each photo (five lines 'x y'), else from the face detector when "
         "the [detect] extra is installed. EXIF orientation is applied. Resumable: photos whose outputs exist "
         "are skipped unless --overwrite.",
@@ -54,6 +54,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None,
                    help="fitting steps per stage, 0 or a multiple of 10 (default: FitConfig's)")
     p.add_argument("--overwrite", action="store_true", help="redo photos whose outputs exist")
+    p.add_argument("--texture", action="store_true",
+                   help="also write NAME_texture.png (photo colours), NAME_albedo.png (de-lit), NAME_visibility.png, "
+                   "a textured NAME_mesh.obj + NAME_mesh.mtl and NAME.glb (needs the [mesh] extra)")
+    p.add_argument("--texture-size", type=int, default=512, help="texture side in texels (default 512)")
     return p
 
 
@@ -108,7 +112,7 @@ def _list_photos(paths, out: Path, stems: set[str]) -> tuple[list[Path], int]:
 
 
 def _set_up(args, out: Path):
-    """(photos, stems, name errors, Reconstructor, model); raises SetupError."""
+    """(photos, stems, name errors, Reconstructor, model, texture writer or None); raises SetupError."""
     from jaxface import outputs
     from jaxface.conventions import IMAGE_SUFFIXES
     from jaxface.fit import FitConfig
@@ -129,7 +133,8 @@ def _set_up(args, out: Path):
     try:
         model = default_face_model(args.bfm)
         recon = Reconstructor(model=model, weights=args.weights, config=config, detector=_optional_detector())
-    except (OSError, ValueError) as e:
+        textures = _TextureWriter(model, args.texture_size, buckets) if args.texture else None
+    except (OSError, ValueError, ImportError) as e:
         raise SetupError(f"set-up failed: {e}") from e
     stems, errors = outputs.assign_stems(photos, manifest)
     new = {outputs.image_key(p): s for p, s in zip(photos, stems) if s is not None}
@@ -143,7 +148,38 @@ def _set_up(args, out: Path):
         print(f"jaxface: {len(renamed)} photos share a result name with another photo and are written as "
               f"{', '.join(renamed[:5])}{', ...' if len(renamed) > 5 else ''} (see {out / outputs.MANIFEST_NAME})",
               file=sys.stderr)
-    return photos, stems, errors, recon, model
+    return photos, stems, errors, recon, model, textures
+
+
+class _TextureWriter:
+    """Texture extraction for `--texture`: the atlas built once."""
+
+    def __init__(self, model, size: int, buckets: tuple[int, ...]):
+        from jaxface.outputs.mesh import _trimesh
+        from jaxface.texture import TextureConfig, texture_atlas
+
+        _trimesh()  # fail at set-up, not after the first batch, when the [mesh] extra is missing
+        self.model, self.config, self.buckets = model, TextureConfig(size=size), buckets
+        self.atlas = texture_atlas(model, size)
+
+    def extract(self, result, paths) -> dict:
+        """{k: one face's Textures} for the reconstructed images k of a batch (photos reloaded
+        from `paths` to sample them at full resolution)."""
+        import jax
+        import numpy as np
+
+        from jaxface.align import load_image
+        from jaxface.reconstruct import bucket_size
+        from jaxface.texture import extract_textures
+
+        ok = [k for k, s in enumerate(result.status) if s == "ok"]
+        if not ok:
+            return {}
+        coeffs = jax.tree.map(lambda x: np.asarray(x)[ok], result.coeffs)
+        # Padded to the reconstruction's bucket: its compiled formation + z-buffer program is reused.
+        maps = extract_textures(self.model, coeffs, [load_image(paths[k]) for k in ok], result.trans_params[ok],
+                                atlas=self.atlas, config=self.config, batch_size=bucket_size(len(ok), self.buckets))
+        return {k: jax.tree.map(lambda x: x[j], maps) for j, k in enumerate(ok)}
 
 
 def _plain_stem(p: Path) -> str | None:
@@ -163,6 +199,10 @@ def reconstruct_cli(argv) -> int:
     if args.batch_size < 1:
         p.error("--batch-size must be at least 1")
     from jaxface.fit import FitConfig
+    from jaxface.texture import MAX_TEXTURE_SIZE
+
+    if not 8 <= args.texture_size <= MAX_TEXTURE_SIZE:
+        p.error(f"--texture-size must be between 8 and {MAX_TEXTURE_SIZE}")
 
     every = FitConfig.raster_every
     if args.steps is not None and (args.steps < 0 or args.steps % every):
@@ -176,7 +216,7 @@ def reconstruct_cli(argv) -> int:
         stale = remove_stale_temps(args.out)
         if stale:
             print(f"jaxface: removed {len(stale)} partial files left by an interrupted run", file=sys.stderr)
-        photos, stems, errors, recon, model = _set_up(args, args.out)
+        photos, stems, errors, recon, model, textures = _set_up(args, args.out)
     except SetupError as e:
         _remove_empty(created)
         print(f"jaxface reconstruct: {e}", file=sys.stderr)
@@ -185,10 +225,10 @@ def reconstruct_cli(argv) -> int:
         _remove_empty(created)
         print("jaxface reconstruct: interrupted during set-up; nothing was reconstructed", file=sys.stderr)
         return EXIT_INTERRUPTED
-    return _run(args, photos, stems, errors, recon, model, t0)
+    return _run(args, photos, stems, errors, recon, model, textures, t0)
 
 
-def _run(args, photos, stems, errors, recon, model, t0: float) -> int:
+def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
     from jaxface import outputs
 
     out, size = args.out, args.batch_size
@@ -208,19 +248,23 @@ def _run(args, photos, stems, errors, recon, model, t0: float) -> int:
             csv_error.append(e)
 
     try:  # from here on an interrupt keeps what is done and says so
-        todo = [i for i, s in enumerate(stems) if s is not None and (args.overwrite or not outputs.outputs_exist(out, s))]
+        kinds = outputs.RESULT_KINDS + (outputs.TEXTURE_KINDS if textures else ())
+        todo = [i for i, s in enumerate(stems)
+                if s is not None and (args.overwrite or not outputs.outputs_exist(out, s, kinds))]
         skipped = sum(s is not None for s in stems) - len(todo)
         print(f"model: {model.label}; method: {recon.method}", file=sys.stderr)
         save_failures()  # also replaces the failures of an earlier run
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
             result = recon([photos[i] for i in chunk])
+            maps = textures.extract(result, [photos[i] for i in chunk]) if textures else {}
             for k, i in enumerate(chunk):
                 if result.status[k] != outputs.OK:
                     failures.add(photos[i], "reconstruct", result.status[k])
                     continue
                 try:
-                    outputs.save_outputs(result, k, out, stems[i], model.tris)
+                    outputs.save_outputs(result, k, out, stems[i], model.tris, maps.get(k),
+                                         textures.atlas.uv if textures else None)
                 except OSError as e:
                     failures.add(photos[i], "write", e)
                     continue

@@ -252,7 +252,7 @@ def test_failures_csv_round_trip(tmp_path):
 
 def test_outputs_exist(tmp_path):
     paths = result_paths(tmp_path, "img")
-    assert [paths.mat.name, paths.obj.name, paths.overlay.name] == ["img.mat", "img.obj", "img_overlay.png"]
+    assert [paths.mat.name, paths.obj.name, paths.overlay.name] == ["img.mat", "img_mesh.obj", "img_overlay.png"]
     assert not outputs_exist(tmp_path, "img")
     for p in (paths.mat, paths.obj):
         p.write_bytes(b"x")

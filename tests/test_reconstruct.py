@@ -69,13 +69,20 @@ def test_reconstruction_shapes_status_and_accuracy(result, photos, synthetic_mod
     assert result.image_mask[0].sum() > 0.5 * result.mask[0].sum()
 
 
-def test_outputs_round_trip(result, synthetic_model, tmp_path):
+def test_outputs_round_trip(result, photos, synthetic_model, tmp_path):
     save_outputs(result, 0, tmp_path, "face", synthetic_model.tris)
     mat = load_mat(tmp_path / "face.mat")
     np.testing.assert_allclose(mat["coeff"][0], result.coeffs.to_vector()[0], rtol=1e-6)
     np.testing.assert_allclose(mat["id"][0], result.coeffs.id[0], rtol=1e-6)
     np.testing.assert_allclose(mat["lm_68p"], result.crop_landmarks[0], rtol=1e-5)
-    v, c, t = load_obj(tmp_path / "face.obj")
+    # As the TF reference: lm_5p the detections after alignment (y down), recon_img RGBA with
+    # the face mask as alpha, face_color not clipped.
+    aligned = align.align_image(photos[0][0], photos[1][0])
+    detections = align.five_from_68(np.stack([aligned.landmarks[:, 0], 223 - aligned.landmarks[:, 1]], 1))
+    np.testing.assert_allclose(mat["lm_5p"], detections, rtol=1e-6)
+    np.testing.assert_array_equal(mat["recon_img"][..., 3], result.mask[0])
+    np.testing.assert_array_equal(mat["face_color"], result.colors[0] * np.float32(255))
+    v, c, t = load_obj(tmp_path / "face_mesh.obj")
     np.testing.assert_allclose(v, result.vertices[0], rtol=1e-6, atol=1e-7)
     np.testing.assert_array_equal(t, np.asarray(synthetic_model.tris))
     assert (tmp_path / "face_overlay.png").stat().st_size > 0
@@ -107,10 +114,12 @@ def test_cli_reconstruct_folder_resumes_and_reports(photos, tmp_path, capsys):
         save_png(src / f"{name}.png", images[k])
         write_landmarks_txt(src / f"{name}.txt", align.five_from_68(lm68[k])[order])
     out = tmp_path / "out"
-    argv = ["reconstruct", str(src), "-o", str(out), "--steps", str(STEPS), "--batch-size", "2", "--method", "fit"]
+    argv = ["reconstruct", str(src), "-o", str(out), "--steps", str(STEPS), "--batch-size", "2", "--method", "fit",
+            "--texture", "--texture-size", "32"]
     assert main(argv) == 0  # every photo reconstructed (one with a warning)
-    assert {p.name for p in out.iterdir()} >= {"a_b.mat", "a_b_2.mat", "a_b_2.obj", "a_b_overlay.png",
-                                               "manifest.csv", "failures.csv"}
+    assert {p.name for p in out.iterdir()} >= {"a_b.mat", "a_b_2.mat", "a_b_2_mesh.obj", "a_b_overlay.png",
+                                               "manifest.csv", "failures.csv", "a_b_mesh.mtl", "a_b.glb",
+                                               "a_b_texture.png", "a_b_albedo.png", "a_b_visibility.png"}
     stems = read_manifest(out)
     assert stems == {image_key(src / "a_b.png"): "a_b", image_key(src / "a b.png"): "a_b_2"}
     for name, stem in (("a b", "a_b_2"), ("a_b", "a_b")):  # each result holds its own photo's crop
@@ -143,7 +152,7 @@ def test_demo_writes_outputs_and_recovers_faces(tmp_path):
     assert summary["mean"]["landmark_error_px"] < 4.0
     on_disk = json.loads((tmp_path / "summary.json").read_text())
     assert on_disk["per_image"][0]["name"] == "synthetic_00"
-    for name in ("synthetic_00.mat", "synthetic_01.obj", "synthetic_00_overlay.png", "inputs/synthetic_00.txt"):
+    for name in ("synthetic_00.mat", "synthetic_01_mesh.obj", "synthetic_00_overlay.png", "inputs/synthetic_00.txt"):
         assert (tmp_path / name).is_file(), name
     page = (tmp_path / "index.html").read_text()
     assert page.count('<button type="button" class="view"') == 2 and "synthetic-seed0" in page

@@ -2,9 +2,12 @@
 
 Conventions of the files (checked against both references):
 - `.mat`, TensorFlow keys (Deep3DFaceReconstruction demo.py): `cropped_img` u8[224, 224, 3]
-  RGB, `recon_img` f32[224, 224, 3|4] 0-255, `coeff` f32[1, 257], `face_shape` f32[V, 3]
-  decimetres, `face_texture` / `face_color` f32[V, 3] 0-255 (colour not clipped),
-  `lm_68p` f32[68, 2] and `lm_5p` f32[5, 2] in crop pixels with y pointing DOWN (223 - v).
+  RGB, `recon_img` f32[224, 224, 4] RGBA (RGB 0-255 clipped, alpha 0-1 = the face mask, as
+  tf_mesh_renderer returns it), `coeff` f32[1, 257], `face_shape` f32[V, 3] decimetres,
+  `face_texture` / `face_color` f32[V, 3] 0-255 (colour not clipped), `lm_68p` f32[68, 2]
+  (the projected landmarks, `223 - v` as face_decoder.py flips them) and `lm_5p` f32[5, 2]
+  (the five detections after alignment, preprocess_img.py's `lm_new`), both in crop pixels
+  with y pointing DOWN.
 - `.mat`, PyTorch keys (Deep3DFaceRecon_pytorch `save_coeff`): `id` f32[1, 80], `exp`
   f32[1, 64], `tex` f32[1, 80], `angle` f32[1, 3], `gamma` f32[1, 27], `trans` f32[1, 3],
   `lm68` f32[1, 68, 2] (crop pixels, y down: the same values as `lm_68p`).
@@ -48,7 +51,8 @@ def check_array(name: str, a, shape: tuple, dtype=np.float32, finite: bool = Tru
 
 
 def _image_255(name: str, img) -> np.ndarray:
-    """u8 (0-255) or float (0-1) image -> f32 0-255, like the TF reference's `recon_img`."""
+    """u8 (0-255) or float (0-1) image -> f32 0-255, like the TF reference's `recon_img`; the
+    alpha channel of a float RGBA image stays 0-1 (tf_mesh_renderer's alpha, stored so)."""
     img = np.asarray(img)
     if img.ndim != 3 or img.shape[:2] != (CROP_SIZE, CROP_SIZE) or img.shape[2] not in (3, 4):
         raise ValueError(f"{name} has shape {img.shape}; expected [{CROP_SIZE}, {CROP_SIZE}, 3] (or 4 with alpha)")
@@ -58,7 +62,9 @@ def _image_255(name: str, img) -> np.ndarray:
     if img.min() < -1e-3 or img.max() > 1 + 1e-3:
         raise ValueError(f"{name} is a float image with values in [{img.min():.3g}, {img.max():.3g}]; "
                          "float images must be 0-1 (pass uint8 for 0-255)")
-    return np.clip(img, 0, 1) * np.float32(255)
+    out = np.clip(img, 0, 1)
+    out[..., :3] *= np.float32(255)
+    return out
 
 
 # ----------------------------------------------------------------------------- .mat
@@ -67,27 +73,27 @@ def save_mat(
     path: str | os.PathLike,
     *,
     coeffs: Coeffs,
-    cropped_img: np.ndarray,
+    cropped_img: np.ndarray | None,
     recon_img: np.ndarray,
     face_shape: np.ndarray,
     face_texture: np.ndarray,
     face_color: np.ndarray,
     lm_68p: np.ndarray,
-    lm_5p: np.ndarray,
+    lm_5p: np.ndarray | None,
 ) -> Path:
     """Write one face's results in BOTH reference `.mat` layouts (one file, atomically).
 
     coeffs: Coeffs | f32[257]   one face: fields f32[w] or f32[1, w]
-    cropped_img: u8[224, 224, 3]   the aligned RGB network input
-    recon_img: u8 | f32[224, 224, 3 | 4]   the rendering; float means 0-1. Stored f32 0-255
-                             (the TF reference stores RGBA 0-255; pass the mask as a 4th channel to match)
+    cropped_img: u8[224, 224, 3] | None   the aligned RGB network input (None: not stored)
+    recon_img: u8 | f32[224, 224, 3 | 4]   the rendering; float means 0-1. Stored f32, RGB 0-255
+                             and alpha 0-1 (the TF reference stores RGBA so; pass the mask as alpha)
     face_shape: f32[V, 3]    decimetres. The TF reference stores the posed shape (rotation and
                              translation applied, before the camera); pass that to match it.
     face_texture: f32[V, 3]  albedo 0-1 (jaxface's convention); stored x255 (TF: 0-255)
     face_color: f32[V, 3]    shaded colour 0-1; stored x255, not clipped (as TF)
     lm_68p: f32[68, 2]       projected landmarks in crop pixels, y DOWN (row = 223 - v of the camera);
                              also stored as PyTorch's `lm68` f32[1, 68, 2] (same values, same convention)
-    lm_5p: f32[5, 2]         the five detections in crop pixels, y down (TF's `lm_new`)
+    lm_5p: f32[5, 2] | None  the five detections after alignment, crop pixels, y down (TF's `lm_new`)
 
     Every value is stored as float32 (images: u8 crop, f32 render), so `load_mat` returns the
     inputs exactly (texture / colour / float renders: the x255 products).
@@ -97,23 +103,24 @@ def save_mat(
         raise ValueError(f"save_mat writes one face; got coefficients for {vec.shape[0]} (write one file per face)")
     if not np.isfinite(vec).all():
         raise ValueError("coefficients contain NaN or infinite values")
-    crop = np.asarray(cropped_img)
-    if crop.dtype != np.uint8 or crop.shape != (CROP_SIZE, CROP_SIZE, 3):
+    crop = None if cropped_img is None else np.asarray(cropped_img)
+    if crop is not None and (crop.dtype != np.uint8 or crop.shape != (CROP_SIZE, CROP_SIZE, 3)):
         raise ValueError(f"cropped_img is {crop.dtype}{list(crop.shape)}; expected uint8[224, 224, 3] RGB")
     shape = check_array("face_shape", face_shape, (None, 3))
     n = shape.shape[0]
     lm68 = check_array("lm_68p", lm_68p, (68, 2))
     data = {
-        "cropped_img": crop,
+        **({} if crop is None else {"cropped_img": crop}),
         "recon_img": _image_255("recon_img", recon_img),
         "coeff": vec,
         "face_shape": shape,
         "face_texture": check_array("face_texture", face_texture, (n, 3)) * np.float32(255),
         "face_color": check_array("face_color", face_color, (n, 3)) * np.float32(255),
         "lm_68p": lm68,
-        "lm_5p": check_array("lm_5p", lm_5p, (5, 2)),
         "lm68": lm68[None],
     }
+    if lm_5p is not None:
+        data["lm_5p"] = check_array("lm_5p", lm_5p, (5, 2))
     data.update(_split(vec))
     from scipy.io import savemat
 
@@ -175,7 +182,7 @@ def load_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
             if math.prod(shape) > MAX_MAT_ELEMENTS:
                 raise ValueError(f"{path}: key {name!r} has shape {shape}, too large for a result file")
         raw = loadmat(path, variable_names=list(headers)) if headers else {}
-    except (MatReadError, NotImplementedError, OSError) as e:
+    except (MatReadError, NotImplementedError, OSError, IndexError) as e:  # IndexError: files under 128 bytes
         raise ValueError(f"{path} is not a readable MATLAB v5 .mat file ({e}); save it with scipy.io.savemat") from e
     except ValueError as e:
         if str(path) in str(e):

@@ -13,6 +13,9 @@ from jaxface.fileio import atomic_path
 OK = "ok"  # the status of a photo that was reconstructed
 MAX_STEM_CHARS = 200        # leaves room for suffixes under the usual 255-byte name limit
 RESULT_KINDS = ("mat", "obj", "overlay")
+TEXTURE_KINDS = ("texture", "albedo", "visibility", "mtl", "glb")  # with --texture
+# Names earlier jaxface releases wrote, still accepted as done when resuming.
+LEGACY_NAMES = {"obj": "{stem}.obj"}
 
 
 class OutputPathError(ValueError):
@@ -51,34 +54,47 @@ def output_path(out_dir: str | os.PathLike, name: str) -> Path:
 
 @dataclass(frozen=True)
 class ResultPaths:
-    """Where the results of one image go: `STEM.mat`, `STEM.obj`, `STEM_overlay.png`."""
+    """Where the results of one image go, named as the TF reference's demo.py names them:
+    `STEM.mat`, `STEM_mesh.obj`, and `STEM_overlay.png`; with textures `STEM_texture.png`,
+    `STEM_albedo.png`, `STEM_visibility.png`, `STEM_mesh.mtl` and `STEM.glb`."""
 
     mat: Path
     obj: Path
     overlay: Path
+    texture: Path
+    albedo: Path
+    visibility: Path
+    mtl: Path
+    glb: Path
 
     def of(self, kind: str) -> Path:
-        if kind not in RESULT_KINDS:
-            raise ValueError(f"unknown result kind {kind!r}; expected one of {RESULT_KINDS}")
+        if kind not in RESULT_KINDS + TEXTURE_KINDS:
+            raise ValueError(f"unknown result kind {kind!r}; expected one of {RESULT_KINDS + TEXTURE_KINDS}")
         return getattr(self, kind)
 
 
 def result_paths(out_dir: str | os.PathLike, stem: str) -> ResultPaths:
     """The result files of `stem` (already sanitized; see `sanitize_stem`) inside `out_dir`."""
-    return ResultPaths(
-        mat=output_path(out_dir, f"{stem}.mat"),
-        obj=output_path(out_dir, f"{stem}.obj"),
-        overlay=output_path(out_dir, f"{stem}_overlay.png"),
-    )
+    names = {"mat": "{}.mat", "obj": "{}_mesh.obj", "overlay": "{}_overlay.png", "texture": "{}_texture.png",
+             "albedo": "{}_albedo.png", "visibility": "{}_visibility.png", "mtl": "{}_mesh.mtl", "glb": "{}.glb"}
+    return ResultPaths(**{kind: output_path(out_dir, name.format(stem)) for kind, name in names.items()})
 
 
 def outputs_exist(out_dir: str | os.PathLike, stem: str, kinds: tuple[str, ...] = RESULT_KINDS) -> bool:
-    """True when every result of `kinds` for `stem` exists and is non-empty (a resumable run skips it).
+    """True when every result of `kinds` for `stem` exists and is non-empty (a resumable run skips it);
+    a file under its `LEGACY_NAMES` name counts too.
 
     Writes are atomic, so an existing file is a complete one.
     """
     paths = result_paths(out_dir, stem)
-    return all(paths.of(k).is_file() and paths.of(k).stat().st_size > 0 for k in kinds)
+
+    def done(kind):
+        names = [paths.of(kind)]
+        if kind in LEGACY_NAMES:
+            names.append(output_path(out_dir, LEGACY_NAMES[kind].format(stem=stem)))
+        return any(p.is_file() and p.stat().st_size > 0 for p in names)
+
+    return all(done(k) for k in kinds)
 
 
 @contextlib.contextmanager
