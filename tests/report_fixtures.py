@@ -54,7 +54,7 @@ def write_result(out, stem: str, mesh, angles=(0.0, 0.0, 0.0), crop_rgb=CROP_RGB
     crop[:] = crop_rgb
     save_mat(out / f"{stem}.mat", coeffs=vec, cropped_img=crop, recon_img=crop, face_shape=v, face_texture=c,
              face_color=c, lm_68p=np.zeros((68, 2)), lm_5p=np.zeros((5, 2)))
-    save_obj(out / f"{stem}.obj", v, c, t)
+    save_obj(out / f"{stem}_mesh.obj", v, c, t)
     overlay = np.zeros((100, 120, 3), np.uint8)
     overlay[:, 60:] = 255
     save_png(out / f"{stem}_overlay.png", overlay)

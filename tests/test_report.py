@@ -75,7 +75,7 @@ def test_one_row_per_photo_with_status_angles_and_links(out):
     assert quad[4:7] == [f"{np.rad2deg(a):.1f}" for a in ANGLES] == ["5.7", "-11.5", "17.2"]
     assert broken[4:7] == ["–"] * 3
     links = {a["href"] for t, a in page.tags if t == "a"}
-    assert {"quad.mat", "quad.obj", "quad_overlay.png", "failures.csv"} <= links
+    assert {"quad.mat", "quad_mesh.obj", "quad_overlay.png", "failures.csv"} <= links
     assert os.path.relpath(out.parent / "photos" / "quad.png", out) in links
     # Only reconstructed photos open the viewer, each with its own mesh script.
     buttons = {a["data-name"]: a["data-mesh"] for t, a in page.tags if t == "button" and "data-mesh" in a}
@@ -95,7 +95,7 @@ def test_summary_and_escaping(out):
 
 
 def test_mesh_script_decodes_to_the_obj(out):
-    v, c, t = load_obj(out / "grid.obj")
+    v, c, t = load_obj(out / "grid_mesh.obj")
     mesh = read_script(out / "report" / "mesh" / "grid.js", "jaxfaceMesh")
     topo = read_script(out / "report" / "topology" / f"{mesh['topology']}.js", "jaxfaceTopology")
     q = np.frombuffer(base64.b64decode(mesh["position"]), "<u2").reshape(-1, 3)
@@ -142,9 +142,9 @@ def test_rebuild_keeps_fresh_files_and_follows_changes(tmp_path):
     write_report(out)
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     # A redone result is converted again; a removed one leaves the page and its files.
-    (out / "quad.obj").write_text((out / "quad.obj").read_text().replace("v -1 -1 0", "v -3 -1 0"))
-    os.utime(out / "quad.obj", ns=(stamp[mesh] + 10**9,) * 2)
-    for suffix in (".mat", ".obj", "_overlay.png"):
+    (out / "quad_mesh.obj").write_text((out / "quad_mesh.obj").read_text().replace("v -1 -1 0", "v -3 -1 0"))
+    os.utime(out / "quad_mesh.obj", ns=(stamp[mesh] + 10**9,) * 2)
+    for suffix in (".mat", "_mesh.obj", "_overlay.png"):
         (out / f"grid{suffix}").unlink()
     assert write_report(out).photos == 2
     assert read_script(mesh, "jaxfaceMesh")["lo"][0] == -3.0
@@ -154,7 +154,7 @@ def test_rebuild_keeps_fresh_files_and_follows_changes(tmp_path):
 
 def test_unreadable_results_become_notes(tmp_path):
     out = make_output_folder(tmp_path)
-    (out / "grid.obj").write_text("v 1 2\nf 1 2 3\n")
+    (out / "grid_mesh.obj").write_text("v 1 2\nf 1 2 3\n")
     (out / "quad.mat").write_bytes(b"not a mat file")
     write_report(out)
     rows = {r[1]: r for r in parse(out / "index.html").rows}

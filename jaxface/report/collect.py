@@ -1,6 +1,6 @@
 """What an output folder holds: one `Photo` per result stem or failure, and the run's record.
 
-Results are `STEM.mat` / `STEM.obj` / `STEM_overlay.png` (see `jaxface.outputs.paths`), failures
+Results are `STEM.mat` / `STEM_mesh.obj` / `STEM_overlay.png` (see `jaxface.outputs.paths`), failures
 come from `failures.csv`, and the run's record from `run.json` (written by `jaxface reconstruct`
 through `record_run`) or `summary.json` (written by `jaxface demo`).
 """
@@ -132,7 +132,7 @@ def _source(out_dir: Path, name: str, inputs: dict) -> Path | None:
 def scan(out_dir: Path, run: dict) -> list[Photo]:
     """One Photo per result stem (a .mat or .obj in `out_dir`) and per row of failures.csv,
     sorted by name."""
-    names = {p.stem for p in out_dir.iterdir() if p.suffix in (".mat", ".obj") and p.is_file()}
+    names = {_result_stem(p) for p in out_dir.iterdir() if p.suffix in (".mat", ".obj") and p.is_file()}
     failures = {}
     if (out_dir / "failures.csv").is_file():
         for f in read_failures_csv(out_dir / "failures.csv"):
@@ -146,12 +146,20 @@ def scan(out_dir: Path, run: dict) -> list[Photo]:
             where = result_paths(out_dir, name) if _plain(name) else None
             files = {k: getattr(where, k) if where and getattr(where, k).is_file() else None
                      for k in ("mat", "obj", "overlay")}
+            if where and files["obj"] is None and (out_dir / f"{name}.obj").is_file():
+                files["obj"] = out_dir / f"{name}.obj"  # written before the TF original's NAME_mesh.obj
         source = _source(out_dir, name, inputs) if _plain(name) else None
         if f is not None and source is None and Path(f.image).is_file():
             source = Path(f.image)
         photos.append(Photo(name=name, failed=f is not None, stage=f.stage if f else "",
                             message=f.message if f else "", source=source, extra=extra.get(name, ()), **files))
     return photos
+
+
+def _result_stem(path: Path) -> str:
+    """STEM of STEM.mat, STEM_mesh.obj (the TF original's name) or an older STEM.obj."""
+    stem = path.stem
+    return stem[: -len("_mesh")] if path.suffix == ".obj" and stem.endswith("_mesh") else stem
 
 
 def _plain(name: str) -> bool:
