@@ -35,6 +35,7 @@ COMMANDS = {
     "report": ("(re)build OUT/index.html: a page of a run's results with a 3D viewer", "jaxface.report:report_cli"),
     "convert-bfm": ("convert the Basel Face Model files into BFM_model_front.mat", "jaxface.cli:_convert_bfm"),
     "convert-weights": ("convert trained R-Net weights (epoch_20.pth or FaceReconModel.pb) for jaxface", "jaxface.rnet.convert:convert_weights_cli"),
+    "convert-identity": ("convert an ArcFace backbone.pth (iresnet50/100) for the identity loss", "jaxface.identity.convert:convert_identity_cli"),
     "train": ("train R-Net: weakly supervised on photos (needs the Basel model) or --synthetic pre-training", "jaxface.train.cli:train_cli"),
     "detect": ("write 5-point landmark .txt files for photos (needs the [detect] extra)", "jaxface.detect:detect_cli"),
 }

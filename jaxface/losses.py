@@ -35,8 +35,8 @@ PHOTO_EPS = 1e-6  # keeps the sqrt differentiable at a perfect match (reference 
 class LossWeights:
     """Weights of the total loss; defaults are the paper's / PyTorch reference's.
 
-    `identity` needs an external face-recognition network (not part of jaxface), so it
-    defaults to 0 (off); the reference trains with 0.2.
+    `identity` is 0 (off) here: the term needs a face-recognition network, and passing one
+    (`jaxface.identity`, to `train` or `fit`) sets its weight (0.2, the reference's).
     `id_reg`, `exp_reg`, `tex_reg` are the relative weights inside `coeff_regularizer`.
     `coeffs` weighs the supervised coefficient loss of synthetic pre-training.
     A pytree of its values: passed to a jitted function as an argument, new weights do not

@@ -125,20 +125,21 @@ def test_identity_plug_and_weak_step(model, mesh1):
     rng = np.random.default_rng(0)
     proj = jnp.asarray(rng.normal(size=(8 * 8 * 3, 16)), jnp.float32)
 
-    def tiny_recognizer(images):  # stand-in face-recognition network: pool to 8x8, random projection
+    def tiny_recognizer(variables, images, landmarks):  # stand-in network: pool to 8x8, random projection
         pooled = jax.image.resize(images, (images.shape[0], 8, 8, 3), "linear")
-        return jnp.tanh(pooled.reshape(images.shape[0], -1) @ proj)
+        return jnp.tanh(pooled.reshape(images.shape[0], -1) @ variables)
 
     photos = jnp.asarray(rng.uniform(size=(B, 224, 224, 3)), jnp.float32)
-    assert float(identity_loss(tiny_recognizer, photos, photos)) == pytest.approx(0.0, abs=1e-6)
-    grad = jax.grad(lambda r: identity_loss(tiny_recognizer, r, photos))(photos[::-1])
+    lm = jnp.zeros((B, 5, 2))
+    assert float(identity_loss(tiny_recognizer, proj, photos, photos, lm)) == pytest.approx(0.0, abs=1e-6)
+    grad = jax.grad(lambda r: identity_loss(tiny_recognizer, proj, r, photos, lm))(photos[::-1])
     assert float(jnp.abs(grad).sum()) > 0
 
     config = TrainConfig(batch_size=B)
     spec = make_spec(config, RNetConfig(), identity=IdentityLoss(tiny_recognizer, weight=0.2))
     state = replicate(init_state(init_rnet(jax.random.key(1)), spec), mesh1)
     batch = to_device(PhotoDataset(IMAGES, B, seed=0).batch(0), batch_sharding(mesh1))
-    new, metrics = train_step(state, batch, replicate(model, mesh1), spec)
+    new, metrics = train_step(state, batch, replicate(model, mesh1), spec, replicate(proj, mesh1))
     values = {k: float(v) for k, v in metrics.items()}
     assert set(values) == {"loss", "photo", "landmark", "reg", "albedo", "gamma", "identity"}
     assert all(np.isfinite(v) for v in values.values()) and values["identity"] > 0 and values["photo"] > 0

@@ -17,7 +17,10 @@ Stages (SPEC "Training losses" weights, `LossWeights`):
    background does not matter. The z-buffer is refreshed every `raster_every` steps; in
    between, colours and barycentrics are re-interpolated from the current vertices for
    the fixed triangle ids (the renderer's gradient path) at up to `photo_fraction` of the
-   crop's pixels, on the region's vertices only (`jaxface.fit.objective`).
+   crop's pixels, on the region's vertices only (`jaxface.fit.objective`). With an
+   `identity` (`jaxface.identity.load_identity`), the perceptual term of the paper joins it:
+   1 - cosine of the frozen network's embeddings of the photo and of the region's rendering
+   composited over it (every pixel, each step; costs a network forward and backward per step).
 
 Adam per coefficient group with its own learning rate and a cosine decay to 10 % per stage
 (`fit.loop.stage_optimizer`). Frozen groups get exactly zero updates. Per image: inputs
@@ -42,6 +45,7 @@ from jaxface.coeffs import Coeffs
 from jaxface.conventions import flip_y
 from jaxface.fit.loop import BAD_INPUT, GROUPS, Hyper, Static, fit_jit
 from jaxface.fit.objective import face_terms
+from jaxface.identity.loss import Identity
 from jaxface.losses import LossWeights, coeff_prior, objective
 from jaxface.model.face_model import FaceModel
 from jaxface.model.region import photo_region, point_buf_is_complete
@@ -136,27 +140,28 @@ class FitResult(NamedTuple):
 
 
 def fit(model: FaceModel, images, landmarks, init: Coeffs | None = None, config: FitConfig = FitConfig(),
-        camera: Camera = Camera()) -> FitResult:
+        camera: Camera = Camera(), identity: Identity | None = None) -> FitResult:
     """Fit coefficients to each image independently.
 
     model: FaceModel                 the morphable model
     images: u8|f32[B, S, S, 3]       aligned RGB crops, top-down (float: 0-1), S = camera.image_size
     landmarks: f32[B, 68 | 5, 2]     crop pixels, x = column, y = row (top-down)
     init: Coeffs[B] | None           starting point; None = mean face with a closed-form pose
+    identity: Identity | None        the photometric stage's perceptual term at `identity.weight`
     Returns `FitResult`.
     """
-    return _run(model, images, landmarks, init, config, camera, shared=False)
+    return _run(model, images, landmarks, init, config, camera, shared=False, identity=identity)
 
 
 def fit_set(model: FaceModel, images, landmarks, init: Coeffs | None = None, config: FitConfig = FitConfig(),
-            camera: Camera = Camera()) -> FitResult:
+            camera: Camera = Camera(), identity: Identity | None = None) -> FitResult:
     """Fit B photos of ONE person: one id and one tex for all, per-photo exp, angle, gamma, trans.
 
     Same inputs as `fit`; an `init` with different id/tex per image starts from their mean.
     The identity and albedo priors count once for the set (more photos = more evidence).
     Photos with bad input (BAD_INPUT) do not contribute.
     """
-    return _run(model, images, landmarks, init, config, camera, shared=True)
+    return _run(model, images, landmarks, init, config, camera, shared=True, identity=identity)
 
 
 def average_identity(coeffs: Coeffs, status=None) -> Coeffs:
@@ -189,7 +194,8 @@ def face_loss(model: FaceModel, coeffs: Coeffs, image, landmarks, weights: LossW
     return objective(terms, weights), terms
 
 
-def _run(model, images, landmarks, init, config: FitConfig, camera: Camera, shared: bool) -> FitResult:
+def _run(model, images, landmarks, init, config: FitConfig, camera: Camera, shared: bool,
+         identity: Identity | None = None) -> FitResult:
     images, landmarks = check_inputs(model, images, landmarks, init, camera)
     batch = images.shape[0]
     if init is None:
@@ -205,9 +211,14 @@ def _run(model, images, landmarks, init, config: FitConfig, camera: Camera, shar
         tuple(g for g in free if g in landmark_groups), free, config.light_init, camera, shared,
         config.temporal is not None, max(1, round(config.photo_fraction * camera.image_size**2)),
     )
-    hyper = Hyper(config.landmark_rates, config.photo_rates, config.weights, jnp.float32(config.light_ridge),
+    weights, variables = config.weights, None
+    if identity is not None:  # a static network and its weights as data: off, the program is unchanged
+        static = static._replace(identity=identity.net)
+        weights, variables = dataclasses.replace(weights, identity=identity.weight), identity.variables
+    hyper = Hyper(config.landmark_rates, config.photo_rates, weights, jnp.float32(config.light_ridge),
                   config.temporal or TemporalWeights())
-    return FitResult(*fit_jit(model, photo_region(model), images, landmarks, init_c, have_init, hyper, static))
+    return FitResult(*fit_jit(model, photo_region(model), images, landmarks, init_c, have_init, hyper, static,
+                              variables))
 
 
 def check_inputs(model: FaceModel, images, landmarks, init, camera: Camera):

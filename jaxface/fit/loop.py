@@ -19,7 +19,7 @@ from jaxface.camera import Camera
 from jaxface.coeffs import LAYOUT, Coeffs
 from jaxface.conventions import flip_y
 from jaxface.fit import init
-from jaxface.fit.objective import PhotoData, expand, objective, region_samples
+from jaxface.fit.objective import PhotoData, expand, identity_data, objective, region_samples
 from jaxface.render import z_buffers
 from jaxface.model.face_model import FaceModel
 from jaxface.model.region import Region, region_bases
@@ -45,6 +45,7 @@ class Static(NamedTuple):
     shared: bool  # fit_set: id and tex are one vector for the batch
     temporal: bool  # a smoothness prior couples the images (frames in time order)
     photo_samples: int  # pixels per image read by the photometric loss
+    identity: object = None  # the identity term's network (jaxface.identity.IdentityNet); None: no such term
 
 
 class Hyper(NamedTuple):
@@ -111,11 +112,12 @@ def _make_step(model, targets, valid, photo, optimizer, hyper: Hyper, static: St
 
 
 def _run_stage(model, region: Region | None, bases, params, images, targets, valid, status, hyper: Hyper,
-               static: Static):
+               static: Static, identity=None):
     """One stage from `params`: (best params, per-image loss at best, history f32[steps, B], status).
 
     region, bases: None for the landmark stage; the photometric region and the model's
-    `Bases` on it for the photometric one."""
+    `Bases` on it for the photometric one. identity: (variables, target embeddings f32[B, D],
+    landmarks top-down) of the identity term, photometric stage only."""
     photo = region is not None
     steps = static.photo_steps if photo else static.landmark_steps
     rates = hyper.photo_rates if photo else hyper.landmark_rates
@@ -131,7 +133,11 @@ def _run_stage(model, region: Region | None, bases, params, images, targets, val
         def refresh(carry, _):
             tri_ids = z_buffers(model, expand(carry[0], batch), static.camera)
             samples = region_samples(model, region, tri_ids, images, static.photo_samples)
-            step = _make_step(model, targets, valid, PhotoData(bases, prior, samples), optimizer, hyper, static)
+            ident = None
+            if identity is not None:
+                variables, target, lm = identity
+                ident = identity_data(model, region, static.identity, variables, target, images, lm, tri_ids)
+            step = _make_step(model, targets, valid, PhotoData(bases, prior, samples, ident), optimizer, hyper, static)
             return lax.scan(step, carry, None, static.raster_every)
 
         carry, history = lax.scan(refresh, carry, None, steps // static.raster_every)
@@ -150,9 +156,10 @@ def _initial_light(model, region: Region, bases, params, images, valid, hyper: H
 
 
 def fit_program(model: FaceModel, region: Region, images, landmarks, init_coeffs: Coeffs, have_init, hyper: Hyper,
-                static: Static):
+                static: Static, identity_vars=None):
     """The whole fit of a batch (images f32[B, S, S, 3] 0-1, landmarks f32[B, K, 2] top-down):
-    returns (coeffs Coeffs[B], loss f32[B], history f32[steps, B], status i32[B])."""
+    returns (coeffs Coeffs[B], loss f32[B], history f32[steps, B], status i32[B]).
+    identity_vars: the weights of `static.identity` (None without an identity term)."""
     batch = landmarks.shape[0]
     camera = static.camera
     valid = jnp.all(jnp.isfinite(landmarks), axis=(1, 2)) & jnp.all(jnp.isfinite(images), axis=(1, 2, 3))
@@ -181,8 +188,11 @@ def fit_program(model: FaceModel, region: Region, images, landmarks, init_coeffs
         bases = region_bases(model, region)  # once per fit, outside the step loops
         if static.light_init and "gamma" in static.photo_groups:
             params = _initial_light(model, region, bases, params, images, valid, hyper, static)
+        identity = None
+        if static.identity is not None:  # the photos' embeddings: the term's constant target
+            identity = (identity_vars, static.identity(identity_vars, images, landmarks), landmarks)
         params, best_img, hist, status = _run_stage(model, region, bases, params, images, targets, valid, status,
-                                                    hyper, static)
+                                                    hyper, static, identity)
         histories.append(hist)
     history = jnp.concatenate(histories, axis=0) if histories else jnp.zeros((0, batch))
     if histories:

