@@ -16,7 +16,8 @@ face are steady-state (second call, compile excluded; compile reported separatel
 speed target is timed separately at its own batch size (--speed-batch, default 16; medians
 of 3 calls), with one
 photometric step (objective + gradient) of `fit`'s batch-minor path against the per-face
-reference path in the same process (`step_ms_per_face`).
+reference path in the same process (`step_ms_per_face`). `fit_speed` (that speed block) is
+what `run_all.py` times on a GPU.
 
     .venv/bin/python benchmarks/accuracy.py [--faces 5] [--views 5] [--photo-steps 100] [--speed-batch 16]
 """
@@ -24,6 +25,7 @@ reference path in the same process (`step_ms_per_face`).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -136,6 +138,23 @@ def step_comparison(model, scene, photo_fraction: float, repeats: int = 5):
     return out
 
 
+def fit_speed(model, batch: int, cfg: FitConfig, key, repeats: int = 3, step_repeats: int = 5) -> dict:
+    """Seconds per face of `fit` on `batch` synthetic scenes: the landmark-only fit and the whole
+    fit (medians of `repeats` calls after a first, compiling one), the photometric stage per 100
+    steps as their difference, and `step_comparison` of the two objective layouts."""
+    scene = make_scene(model, key, batch, SceneConfig())
+    lm_cfg = dataclasses.replace(cfg, photo_steps=0)
+    _, _, lm_b = timed(fit, model, scene.images, scene.landmarks, config=lm_cfg, repeats=repeats)
+    _, ph_first_b, ph_b = timed(fit, model, scene.images, scene.landmarks, config=cfg, repeats=repeats)
+    return {
+        "batch": batch,
+        "photometric_per_100_steps": round((ph_b - lm_b) / batch * 100 / max(cfg.photo_steps, 1), 4),
+        "photometric_fit": round(ph_b / batch, 4),
+        "compile_s": round(ph_first_b - ph_b, 1),
+        "step_ms_per_face": step_comparison(model, scene, cfg.photo_fraction, step_repeats),
+    }
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--faces", type=int, default=5, help="independent faces for (a)-(c)")
@@ -188,17 +207,8 @@ def main():
     per_100 = (ph_sec - lm_sec) / args.faces * 100 / max(args.photo_steps, 1)
     speed = {}
     if args.speed_batch:
-        many = make_scene(model, jax.random.key(args.seed + 1), args.speed_batch, scene_cfg)
         # The shared 2-core machines drift by 10-30% between runs: medians of 3.
-        _, _, lm_b = timed(fit, model, many.images, many.landmarks, config=lm_cfg, repeats=3)
-        _, ph_first_b, ph_b = timed(fit, model, many.images, many.landmarks, config=cfg, repeats=3)
-        speed = {
-            "batch": args.speed_batch,
-            "photometric_per_100_steps": round((ph_b - lm_b) / args.speed_batch * 100 / max(args.photo_steps, 1), 3),
-            "photometric_fit": round(ph_b / args.speed_batch, 3),
-            "compile_s": round(ph_first_b - ph_b, 1),
-            "step_ms_per_face": step_comparison(model, many, args.photo_fraction),
-        }
+        speed = fit_speed(model, args.speed_batch, cfg, jax.random.key(args.seed + 1), repeats=3)
     result = {
         "benchmark": "accuracy",
         "model": model.label,

@@ -42,7 +42,18 @@ def alternate(fns: dict, repeats: int = 7) -> dict:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def peak_memory_gib() -> float | None:
+    """Peak bytes the default device's allocator has held in this process, GiB (None on CPU)."""
+    stats = jax.devices()[0].memory_stats() or {}
+    peak = stats.get("peak_bytes_in_use")
+    return None if peak is None else round(peak / 2**30, 2)
+
+
+def machine() -> dict:
+    device = jax.devices()[0]
+    return {"cpus": os.cpu_count(), "backend": jax.default_backend(), "device": device.device_kind,
+            "jax": jax.__version__, "python": platform.python_version()}
+
+
 def emit(name: str, figures: dict) -> None:
-    figures = {"benchmark": name, **figures, "machine": {
-        "cpus": os.cpu_count(), "backend": jax.default_backend(), "jax": jax.__version__, "python": platform.python_version()}}
-    print(json.dumps(figures, sort_keys=False))
+    print(json.dumps({"benchmark": name, **figures, "machine": machine()}), flush=True)

@@ -79,24 +79,24 @@ def _time_ms(fn):
     return 1e3 * (time.perf_counter() - t0)
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
-
-    model = face_model()
-    tris = model.tris
+def meshes(model, batch: int):
+    """(screen vertices f32[B, V, 3], colours f32[B, V, 3]) of `batch` posed faces at SIZE."""
     rng = np.random.default_rng(0)
-    batch = 16
-    coeffs = Coeffs.zeros((batch,))
-    coeffs = coeffs._replace(
+    coeffs = Coeffs.zeros((batch,))._replace(
         angle=jnp.asarray(rng.normal(0, 0.15, (batch, 3)), jnp.float32),
         trans=jnp.asarray(rng.normal(0, 0.1, (batch, 3)), jnp.float32),
     )
     faces = form_faces(model, coeffs)
-    verts = jax.vmap(screen_coords)(faces.uv, faces.depth)
-    colors = jnp.clip(faces.colors, 0, 1)
-    target = jnp.full((batch, SIZE, SIZE, 3), 0.5, jnp.float32)
+    return jax.vmap(screen_coords)(faces.uv, faces.depth), jnp.clip(faces.colors, 0, 1)
+
+
+def render_speed(model, batches=(1, 16), repeats: int = 7) -> dict:
+    """ms/image of the forward pass (rasterize + colour interpolation) and of forward+backward
+    (grad of a photometric loss w.r.t. vertex positions and colours) at each batch: first
+    call (compile) apart, then medians of alternated runs. Also returns the meshes."""
+    tris = model.tris
+    verts, colors = meshes(model, max(batches))
+    target = jnp.full((max(batches), SIZE, SIZE, 3), 0.5, jnp.float32)
 
     def forward(v, c):
         return jax.vmap(lambda v, c: render_mesh(v, c, tris, SIZE, SIZE).image)(v, c)
@@ -106,26 +106,41 @@ def main():
 
     fns = {"forward": jax.jit(forward), "backward": jax.jit(jax.grad(loss, argnums=(0, 1)))}
     args_for = {"forward": lambda b: (verts[:b], colors[:b]), "backward": lambda b: (verts[:b], colors[:b], target[:b])}
-    result = {"size": SIZE, "triangles": int(tris.shape[0]), "devices": str(jax.devices()[0].platform)}
-    for b in (1, batch):
+    result = {"size": SIZE, "triangles": int(tris.shape[0])}
+    for b in batches:
         for name, fn in fns.items():
             t0 = time.perf_counter()
             jax.block_until_ready(fn(*args_for[name](b)))
             result[f"{name}_compile_s_b{b}"] = round(time.perf_counter() - t0, 2)
         steady = {name: [] for name in fns}
-        for _ in range(args.repeats):  # alternate so background load hits both alike
+        for _ in range(repeats):  # alternate so background load hits both alike
             for name, fn in fns.items():
                 steady[name].append(_time_ms(lambda: fn(*args_for[name](b))) / b)
         for name in fns:
-            result[f"{name}_ms_per_image_b{b}"] = round(float(np.median(steady[name])), 2)
-    result["backward_over_forward_b16"] = round(result["backward_ms_per_image_b16"] / result["forward_ms_per_image_b16"], 2)
+            result[f"{name}_ms_per_image_b{b}"] = round(float(np.median(steady[name])), 3)
+        result[f"backward_over_forward_b{b}"] = round(result[f"backward_ms_per_image_b{b}"] / result[f"forward_ms_per_image_b{b}"], 2)
+    return result, (verts, colors)
 
+
+def numpy_reference(model, verts, colors, repeats: int = 7) -> dict:
+    """The numpy rasterizer on the first mesh: ms/image and its disagreement with the jax z-buffer."""
+    tris = model.tris
     v0, t_np = np.asarray(verts[0]), np.asarray(tris)
     ref = numpy_rasterize(v0, t_np, SIZE, SIZE)
     mine = np.asarray(jax.jit(lambda v: render_mesh(v, colors[0], tris, SIZE, SIZE).fragments.tri_id)(verts[0]))
-    result["numpy_vs_jax_tri_id_mismatch_px"] = int((ref != mine).sum())
-    numpy_ms = [_time_ms(lambda: numpy_rasterize(v0, t_np, SIZE, SIZE)) for _ in range(args.repeats)]
-    result["numpy_rasterize_ms"] = round(float(np.median(numpy_ms)), 2)
+    numpy_ms = [_time_ms(lambda: numpy_rasterize(v0, t_np, SIZE, SIZE)) for _ in range(repeats)]
+    return {"numpy_vs_jax_tri_id_mismatch_px": int((ref != mine).sum()), "numpy_rasterize_ms": round(float(np.median(numpy_ms)), 2)}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=7)
+    args = parser.parse_args()
+
+    model = face_model()
+    result, (verts, colors) = render_speed(model, (1, 16), args.repeats)
+    result["devices"] = str(jax.devices()[0].platform)
+    result.update(numpy_reference(model, verts, colors, args.repeats))
     result["numpy_over_jax_forward_b16"] = round(result["numpy_rasterize_ms"] / result["forward_ms_per_image_b16"], 2)
     result["targets"] = "forward <= 15 ms/image at b16; backward <= 2x forward"
     result["load_avg_1min"] = round(os.getloadavg()[0], 2)  # other jobs on the machine skew all times

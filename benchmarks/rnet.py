@@ -2,7 +2,8 @@
 
 Prints ONE JSON line. Both run in this process on the same converted weights, alternating
 run by run (other work on the machine then hits both alike); figures are medians.
-Needs torch (`pip install 'jaxface[torch]'`).
+Needs torch (`pip install 'jaxface[torch]'`). `flax_speed` (Flax alone, no torch) is what
+`run_all.py` times on a GPU.
 
     python benchmarks/rnet.py [--repeats 7] [--threads 2]
 """
@@ -19,11 +20,9 @@ import time
 
 import jax
 import numpy as np
-import torch
 
-from jaxface.rnet.convert import torch_state_to_variables
-from jaxface.rnet.network import predict
-from jaxface.rnet.torch_reference import TorchRNet, randomize_
+from common import alternate, time_compile
+from jaxface.rnet.network import RNetConfig, predict
 
 
 def _timed(fn) -> float:
@@ -32,7 +31,40 @@ def _timed(fn) -> float:
     return time.perf_counter() - t
 
 
+def random_crops(batch: int, seed: int = 0, dtype=np.float32) -> jax.Array:
+    """[batch, 224, 224, 3] random crops on the default device: float 0-1, or uint8 as photos come."""
+    rng = np.random.default_rng(seed)
+    if dtype == np.uint8:
+        return jax.device_put(rng.integers(0, 256, (batch, 224, 224, 3), np.uint8))
+    return jax.device_put(rng.uniform(0, 1, (batch, 224, 224, 3)).astype(dtype))
+
+
+def flax_run(variables, images, config: RNetConfig):
+    """A callable running `predict` once on device-resident `images` and waiting for it."""
+    return lambda: predict(variables, images, config).block_until_ready()
+
+
+def flax_speed(variables, config: RNetConfig, batches=(16,), dtypes=("float32", "bfloat16"), repeats: int = 7) -> dict:
+    """Flax R-Net images/s for each compute dtype and batch (medians of alternated runs) on
+    uint8 crops, as `Reconstructor` feeds it, with the first call (compile) of each apart.
+    variables: float32 R-Net variables."""
+    runs, sizes = {}, {}
+    for b in batches:
+        images = random_crops(b, dtype=np.uint8)
+        for dtype in dtypes:
+            key = f"{dtype}_b{b}"
+            runs[key], sizes[key] = flax_run(variables, images, dataclasses.replace(config, dtype=dtype)), b
+    compile_s = {k: round(time_compile(f), 2) for k, f in runs.items()}
+    seconds = alternate(runs, repeats=repeats)
+    return {"images_per_s": {k: round(sizes[k] / t, 1) for k, t in seconds.items()}, "compile_s": compile_s}
+
+
 def main() -> None:
+    import torch
+
+    from jaxface.rnet.convert import torch_state_to_variables
+    from jaxface.rnet.torch_reference import TorchRNet, randomize_
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=7, help="alternating rounds (medians are reported)")
     parser.add_argument("--threads", type=int, default=2, help="torch intra-op threads")
@@ -42,13 +74,11 @@ def main() -> None:
     net = randomize_(TorchRNet("torch"), seed=0)
     variables, config = torch_state_to_variables(net.state_dict())
     bf16 = dataclasses.replace(config, dtype="bfloat16")
-    rng = np.random.default_rng(0)
-    inputs = {b: rng.uniform(0, 1, (b, 224, 224, 3)).astype(np.float32) for b in (1, 16)}
-    torch_inputs = {b: torch.from_numpy(x).permute(0, 3, 1, 2).contiguous() for b, x in inputs.items()}
-    jax_inputs = {b: jax.device_put(x) for b, x in inputs.items()}
+    jax_inputs = {b: random_crops(b) for b in (1, 16)}
+    torch_inputs = {b: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous() for b, x in jax_inputs.items()}
 
     def run_flax(b, cfg=config):
-        return lambda: predict(variables, jax_inputs[b], cfg).block_until_ready()
+        return flax_run(variables, jax_inputs[b], cfg)
 
     def run_torch(b):
         def f():

@@ -62,33 +62,49 @@ def colors_uv(model, coeffs):
     return face.colors, face.uv
 
 
-def main():
-    p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--repeats", type=int, default=7)
-    args = p.parse_args()
-    model = synthetic_face_model()
-    npm = {
+def numpy_model(model) -> dict:
+    """The arrays `numpy_form` reads, as numpy (bases transposed for row-vector products)."""
+    return {
         "mean_shape": np.asarray(model.mean_shape), "mean_tex": np.asarray(model.mean_tex),
         "id_t": np.asarray(model.id_base).reshape(-1, 80).T.copy(), "exp_t": np.asarray(model.exp_base).reshape(-1, 64).T.copy(),
         "tex_t": np.asarray(model.tex_base).reshape(-1, 80).T.copy(), "tris": np.asarray(model.tris),
         "point_buf": np.asarray(model.point_buf),
     }
+
+
+def formation_speed(model, batch: int, repeats: int = 7, npm: dict | None = None, numpy_batch: int | None = None) -> dict:
+    """ms/face of jitted `form_faces` (lit colours and projections) at `batch`, and of the numpy
+    baseline at `numpy_batch` (default: the same batch; a smaller one keeps a large batch's
+    reference cheap), alternated in this process; compile time apart."""
+    npm = numpy_model(model) if npm is None else npm
+    numpy_batch = batch if numpy_batch is None else numpy_batch
     rng = np.random.default_rng(0)
+    vec = (rng.normal(size=(batch, 257)) * 0.1).astype(np.float32)
+    coeffs = jax.tree.map(jax.numpy.asarray, Coeffs.from_vector(vec))
+    # Same outputs as the numpy baseline (lit colours and projections), so XLA is not
+    # charged for writing the six other Face arrays numpy never builds.
+    fn = lambda: colors_uv(model, coeffs)  # noqa: E731
+    compile_s = time_compile(fn)
+    t = alternate({"jax": fn, "numpy": lambda: numpy_form(npm, vec[:numpy_batch])}, repeats=repeats)
+    jax_ms, numpy_ms = 1e3 * t["jax"] / batch, 1e3 * t["numpy"] / numpy_batch
+    return {
+        "compile_s": round(compile_s, 3),
+        "jax_ms_per_face": round(jax_ms, 4),
+        "numpy_ms_per_face": round(numpy_ms, 3),
+        "numpy_batch": numpy_batch,
+        "speedup_vs_numpy": round(numpy_ms / jax_ms, 2),
+    }
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--repeats", type=int, default=7)
+    args = p.parse_args()
+    model = synthetic_face_model()
+    npm = numpy_model(model)
     out = {"vertices": model.num_vertices, "triangles": model.num_triangles, "model": model.label}
     for batch in (1, 64):
-        vec = (rng.normal(size=(batch, 257)) * 0.1).astype(np.float32)
-        coeffs = jax.tree.map(jax.numpy.asarray, Coeffs.from_vector(vec))
-        # Same outputs as the numpy baseline (lit colours and projections), so XLA is not
-        # charged for writing the six other Face arrays numpy never builds.
-        fn = lambda: colors_uv(model, coeffs)
-        compile_s = time_compile(fn)
-        t = alternate({"jax": fn, "numpy": lambda: numpy_form(npm, vec)}, repeats=args.repeats)
-        out[f"batch{batch}"] = {
-            "compile_s": round(compile_s, 3),
-            "jax_ms_per_face": round(1e3 * t["jax"] / batch, 3),
-            "numpy_ms_per_face": round(1e3 * t["numpy"] / batch, 3),
-            "speedup_vs_numpy": round(t["numpy"] / t["jax"], 2),
-        }
+        out[f"batch{batch}"] = formation_speed(model, batch, args.repeats, npm)
     out["target"] = "batch64 speedup_vs_numpy >= 3"
     emit("synthesis", out)
 

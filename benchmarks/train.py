@@ -34,14 +34,9 @@ from jaxface.train import TrainConfig, init_state, make_spec, train_step, weak_t
 IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (medians are reported)")
-    args = parser.parse_args()
-    b = args.batch
-
-    model = synthetic_face_model(0)
+def train_speed(model, b: int, repeats: int = 3, halves: bool = True) -> dict:
+    """images/s of the jitted train step and (halves=True) of its two halves at batch `b`
+    (medians of alternated runs), compile times apart."""
     spec = make_spec(TrainConfig(batch_size=b), RNetConfig())
     state = init_state(init_rnet(jax.random.key(0)), spec)
     batch = to_device(PhotoDataset(IMAGES, b, seed=0, augment=AugmentConfig.none()).batch(0))
@@ -57,22 +52,34 @@ def main() -> None:
         return jax.grad(loss, has_aux=True)(params)
 
     @jax.jit
-    def renderer_grad(c, images, landmarks):
+    def renderer_grad(c, images, landmarks, model):  # the model an argument, not constants to fold
         return jax.grad(lambda c: objective(weak_terms(model, c, images, landmarks, spec)[0], spec.loss_weights()))(c)
 
     fns = {
         "train_step": lambda: train_step(state, batch, model, spec),
         "network_fwd_bwd": lambda: network_grad(state.params, state.batch_stats, batch.images),
-        "renderer_fwd_bwd": lambda: renderer_grad(coeffs, photos, batch.landmarks),
+        "renderer_fwd_bwd": lambda: renderer_grad(coeffs, photos, batch.landmarks, model),
     }
+    if not halves:
+        fns = {"train_step": fns["train_step"]}
     compile_s = {k: round(time_compile(f), 2) for k, f in fns.items()}
-    seconds = alternate(fns, repeats=args.repeats)
-    emit("train_cpu", {
+    seconds = alternate(fns, repeats=repeats)
+    return {
         "batch": b,
         "images_per_s": {k: round(b / v, 3) for k, v in seconds.items()},
-        "seconds_per_batch": {k: round(v, 3) for k, v in seconds.items()},
+        "seconds_per_batch": {k: round(v, 4) for k, v in seconds.items()},
         "compile_s": compile_s,
-        "repeats": args.repeats,
+        "repeats": repeats,
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (medians are reported)")
+    args = parser.parse_args()
+    emit("train_cpu", {
+        **train_speed(synthetic_face_model(0), args.batch, args.repeats),
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "note": "aligned tests/data photos, embedded synthetic face model, weak (photo) loss",
     })
