@@ -7,7 +7,7 @@
 Modules, one per stage: `model` (FaceModel, BFM loaders, the synthetic model), `formation`
 (shape, albedo, pose, camera, SH light), `render` (pure-JAX rasterizer), `rnet` (Flax
 ResNet-50 and weight conversion), `align`, `losses`, `fit`, `reconstruct`, `evaluate`,
-`outputs`, `detect`, `train`.
+`outputs`, `detect`, `train`, `video`.
 """
 
 from jaxface.camera import Camera
@@ -20,6 +20,7 @@ from jaxface.model.synthetic import synthetic_face_model
 from jaxface.outputs import save_outputs
 from jaxface.reconstruct import Reconstruction, ReconstructConfig, Reconstructor, reconstruct
 from jaxface.render import Fragments, RenderOutput, interpolate, rasterize, render, render_mesh
+from jaxface.video import reconstruct_video
 
 __all__ = [
     "Camera",
@@ -44,6 +45,7 @@ __all__ = [
     "load_front_model",
     "rasterize",
     "reconstruct",
+    "reconstruct_video",
     "render",
     "render_mesh",
     "save_outputs",

@@ -67,10 +67,10 @@ class TemporalWeights:
     """Weights of the smoothness prior over frames in time order (`losses.second_difference`
     of each group's coefficients), for video. Units: the prior adds w * |x[t+1] - 2x[t] + x[t-1]|^2."""
 
-    exp: float = 1e-3
-    angle: float = 1.0
+    exp: float = 0.03
+    angle: float = 10.0
     gamma: float = 1e-2
-    trans: float = 1.0
+    trans: float = 50.0
 
 
 @dataclasses.dataclass(frozen=True)
