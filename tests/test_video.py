@@ -98,7 +98,8 @@ def test_landmark_sidecar_is_checked_and_never_unpickled(tmp_path):
     np.save(tmp_path / "shape.npy", np.zeros((3, 7, 2)))
     np.save(tmp_path / "ints.npy", np.zeros((3, 5, 2), np.int32))
     (tmp_path / "junk.npy").write_bytes(b"junk")
-    for name in ("pickled", "shape", "ints", "junk", "missing"):
+    (tmp_path / "short.npy").write_bytes((tmp_path / "good.npy").read_bytes()[:-100])
+    for name in ("pickled", "shape", "ints", "junk", "short", "missing"):
         with pytest.raises(VideoError, match="numpy.save|does not exist"):
             load_landmarks(tmp_path / f"{name}.npy")
 
@@ -186,10 +187,17 @@ def test_steady_crop_geometry_puts_frame_points_where_the_mapping_says():
         np.testing.assert_allclose(centroid(back[..., 0], want), want, atol=0.1)
 
 
-def test_frames_of_different_sizes_raise(synthetic_model, clip):
+def test_short_clips_and_bad_frames(synthetic_model, clip, tracked):
+    one = reconstruct_video(clip.frames[:1], clip.landmarks[:1], model=synthetic_model, config=CFG, quiet=True)
+    assert one.coeffs.batch_shape == (1,) and one.status.tolist() == [TRACKED]
+    assert np.isfinite(one.landmarks).all()
     frames = [clip.frames[0], clip.frames[1][:-2]]
     with pytest.raises(ValueError, match="frame 1 is .* but frame 0 is"):
         reconstruct_video(frames, clip.landmarks[:2], model=synthetic_model, config=CFG, quiet=True)
+    with pytest.raises(ValueError, match="no usable face in any of the 2 frames"):
+        reconstruct_video(clip.frames[:2], np.full((2, 68, 2), np.nan), model=synthetic_model, config=CFG, quiet=True)
+    with pytest.raises(ValueError, match="cover 1 frames"):
+        reconstruct_video(clip.frames[:2], clip.landmarks[:1], model=synthetic_model, config=CFG, quiet=True)
 
 
 # ----------------------------------------------------------------------------- reconstruction
@@ -258,8 +266,11 @@ def test_cli_every_and_meshes(video_file, tmp_path):
     assert sorted(p.name for p in (out / "meshes").iterdir()) == [f"frame_{i:06d}.obj" for i in (0, 2, 4, 6, 8)]
 
 
-def test_cli_errors(tmp_path, capsys):
+def test_cli_errors(video_file, tmp_path, capsys):
     assert main(["video", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "out")]) == 1
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "file").write_text("")
+    assert main(["video", str(video_file), "-o", str(tmp_path / "file" / "out")]) == 2
+    assert "cannot create the output folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["video", str(tmp_path / "nope.mp4"), "-o", str(tmp_path / "out"), "--window", "4", "--overlap", "4"])

@@ -58,6 +58,11 @@ def video_cli(argv) -> int:
     from jaxface.video.track import INTERPOLATED, reconstruct_video
 
     fps = video_fps(args.clip) / args.every  # checks the clip before anything slow
+    try:
+        args.out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        print(f"jaxface video: cannot create the output folder {args.out}: {e.strerror or e}", file=sys.stderr)
+        return 2
     lm_file = args.landmarks or (sidecar_path(args.clip) if sidecar_path(args.clip).is_file() else None)
     landmarks, detector = None, None
     if lm_file is not None:
@@ -80,9 +85,13 @@ def video_cli(argv) -> int:
     result = reconstruct_video(frames(), landmarks, model=model, weights=args.weights, config=config,
                                detector=detector, progress=not args.no_progress)
     print(f"model: {model.label}; method: {result.method}", file=sys.stderr)
-    written = save_video_outputs(args.out, model, result, (f for _, f in iter_frames(args.clip, args.every, args.max_frames)),
-                                 np.asarray(indices), fps, meshes=args.meshes, alpha=config.overlay_alpha,
-                                 batch=config.batch, progress=not args.no_progress)
+    again = (f for _, f in iter_frames(args.clip, args.every, args.max_frames))
+    try:
+        written = save_video_outputs(args.out, model, result, again, np.asarray(indices), fps, meshes=args.meshes,
+                                     alpha=config.overlay_alpha, batch=config.batch, progress=not args.no_progress)
+    except OSError as e:  # OutputWriteError names the file and the fix
+        print(f"jaxface video: {e}", file=sys.stderr)
+        return 2
     missing = np.flatnonzero(result.status == INTERPOLATED)
     failures = FailureLog()
     for pos in missing:

@@ -79,12 +79,12 @@ def _steady_crop(crop, trans_params) -> np.ndarray:
     import cv2
 
     w0, h0, s, tx, ty = (float(v) for v in trans_params)
-    w, h, left, up = align._crop_geometry(trans_params, CROP_SIZE)
+    w, h, left, up = align._crop_geometry(trans_params, CROP_SIZE)  # the rounded geometry align_image cropped with
     # steady-crop pixel -> frame pixel -> pixel of the rounded crop (resized pixel centres at (x + 0.5) w / w0 - 0.5)
-    frame = np.array([[1 / s, 0.0, tx - (CROP_SIZE / 2) / s],
-                      [0.0, 1 / s, h0 - 1 - ty - (CROP_SIZE - 1 - CROP_SIZE / 2) / s]])
+    steady = np.array([[1 / s, 0.0, tx - (CROP_SIZE / 2) / s],
+                       [0.0, 1 / s, h0 - 1 - ty - (CROP_SIZE - 1 - CROP_SIZE / 2) / s]])  # inverse of _crop_affine
     ref = np.array([[w / w0, 0.0, 0.5 * w / w0 - 0.5 - left], [0.0, h / h0, 0.5 * h / h0 - 0.5 - up]])
-    m = np.concatenate([ref[:, :2] @ frame[:, :2], (ref[:, :2] @ frame[:, 2] + ref[:, 2])[:, None]], axis=1)
+    m = np.concatenate([ref[:, :2] @ steady[:, :2], (ref[:, :2] @ steady[:, 2] + ref[:, 2])[:, None]], axis=1)
     return cv2.warpAffine(crop, m, (CROP_SIZE, CROP_SIZE), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
                           borderValue=0)
 

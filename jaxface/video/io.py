@@ -22,7 +22,7 @@ import numpy as np
 from jaxface.outputs import atomic_output
 
 SIDECAR_SUFFIX = ".landmarks.npy"
-MAX_SIDECAR_FRAMES = 10_000_000  # rows; a frame is 68 x 2 numbers
+MAX_SIDECAR_FRAMES = 1_000_000  # rows (11 hours at 25 fps); a row is 5 or 68 x 2 numbers
 FOURCC = "mp4v"  # MPEG-4 Part 2: in every opencv-python wheel's FFmpeg
 
 
@@ -181,6 +181,8 @@ def load_landmarks(path: str | os.PathLike) -> np.ndarray:
         raise VideoError(f"{path} holds {dtype}{list(shape)}; {fix}")
     if shape[0] > MAX_SIDECAR_FRAMES:
         raise VideoError(f"{path} has {shape[0]} rows, more than the {MAX_SIDECAR_FRAMES} a clip can have")
+    if path.stat().st_size < int(np.prod(shape)) * dtype.itemsize:
+        raise VideoError(f"{path} is truncated: its header promises {list(shape)} values; {fix}")
     try:
         lm = np.load(path, allow_pickle=False)
     except ValueError as e:

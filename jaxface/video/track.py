@@ -267,6 +267,8 @@ def reconstruct_video(frames, landmarks=None, *, model: FaceModel | None = None,
     with bar("track", n) as b:
         vec = _track(model, clip, init, ident, tex, config, config.rnet_track if rnet else config.track, camera, b)
     tracked = clip.valid & np.isfinite(vec).all(axis=1)
+    if not tracked.any():
+        raise ValueError(f"fitting produced non-finite coefficients for all {n} frames; check the landmarks")
     reasons = tuple(r if r != "ok" or tracked[i] else "fitting produced non-finite coefficients"
                     for i, r in enumerate(clip.reasons))
     vec = interpolate_missing(np.where(tracked[:, None], vec, 0.0), tracked)
