@@ -7,7 +7,7 @@
 Modules, one per stage: `model` (FaceModel, BFM loaders, the synthetic model, the UV map),
 `formation` (shape, albedo, pose, camera, SH light), `render` (pure-JAX rasterizer), `rnet`
 (Flax ResNet-50 and weight conversion), `align`, `losses`, `fit`, `reconstruct`, `texture`
-(texture maps from photos), `edit` (expression edits), `evaluate`, `outputs`, `detect`, `train`.
+(texture maps from photos), `edit` (expression edits), `evaluate`, `outputs`, `detect`, `train`, `video`.
 """
 
 from jaxface.camera import Camera
@@ -22,6 +22,7 @@ from jaxface.outputs import save_outputs
 from jaxface.reconstruct import Reconstruction, ReconstructConfig, Reconstructor, reconstruct
 from jaxface.render import Fragments, RenderOutput, interpolate, rasterize, render, render_mesh
 from jaxface.texture import TextureConfig, Textures, extract_textures, render_textured, texture_atlas
+from jaxface.video import reconstruct_video
 
 __all__ = [
     "Camera",
@@ -50,6 +51,7 @@ __all__ = [
     "neutralize",
     "rasterize",
     "reconstruct",
+    "reconstruct_video",
     "render",
     "render_mesh",
     "render_textured",

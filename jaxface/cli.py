@@ -38,6 +38,7 @@ COMMANDS = {
     "convert-identity": ("convert an ArcFace backbone.pth (iresnet50/100) for the identity loss", "jaxface.identity.convert:convert_identity_cli"),
     "train": ("train R-Net: weakly supervised on photos (needs the Basel model) or --synthetic pre-training", "jaxface.train.cli:train_cli"),
     "detect": ("write 5-point landmark .txt files for photos (needs the [detect] extra)", "jaxface.detect:detect_cli"),
+    "video": ("reconstruct a video clip: one identity, smooth per-frame motion; coeffs.npz, overlay.mp4", "jaxface.video.cli:video_cli"),
 }
 
 
