@@ -12,18 +12,17 @@ a state dict of tensors, nothing unpickled. Needs `jaxface[torch]`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import sys
 from pathlib import Path
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 
-from jaxface.fileio import write_text_atomic
 from jaxface.identity.arcface import IResNetConfig, abstract_variables, torch_state_to_variables
 from jaxface.paths import weights_dir
+from jaxface.rnet.checkpoint import write_weights
+from jaxface.rnet.convert import file_sha256
 
 META_NAME = "identity.json"
 CKPT_NAME = "checkpoint"
@@ -39,20 +38,9 @@ def default_identity_dir() -> Path:
 def save_identity(variables: dict, config: IResNetConfig, out_dir: str | Path | None = None,
                   source: dict[str, Any] | None = None) -> Path:
     """Write ArcFace `variables` + `config` (+ where they came from) to `out_dir`; returns the folder."""
-    import orbax.checkpoint as ocp
-
-    out = Path(out_dir if out_dir is not None else default_identity_dir()).resolve()  # orbax wants absolute
-    got = jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), variables)
-    want = jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), abstract_variables(config))
-    if got != want:
-        raise ValueError("save_identity: variables do not match the iresnet tree (names, shapes or float32 dtype)")
-    out.mkdir(parents=True, exist_ok=True)
-    ckptr = ocp.StandardCheckpointer()
-    ckptr.save(out / CKPT_NAME, variables, force=True)
-    ckptr.wait_until_finished()
     meta = {"format": FORMAT, "version": VERSION, "config": config.to_json(), "source": source or {}}
-    write_text_atomic(out / META_NAME, json.dumps(meta, indent=2) + "\n")
-    return out
+    return write_weights(out_dir if out_dir is not None else default_identity_dir(), variables,
+                         abstract_variables(config), meta, META_NAME, "save_identity")
 
 
 def load_identity_weights(path: str | Path | None = None) -> tuple[dict, IResNetConfig, dict]:
@@ -120,19 +108,11 @@ def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
     return obj
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 22), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def convert_arcface(pth_path: str | Path, out_dir: str | Path | None = None) -> Path:
     """backbone.pth -> weights folder (default weights/identity/); returns the folder."""
     path = Path(pth_path).expanduser()
     variables, config = torch_state_to_variables(read_torch_state(path), what=str(path))
-    source = {"format": "pytorch", "file": path.name, "sha256": _sha256(path), "network": config.name,
+    source = {"format": "pytorch", "file": path.name, "sha256": file_sha256(path), "network": config.name,
               "reference": "deepinsight/insightface recognition/arcface_torch"}
     return save_identity(variables, config, out_dir, source)
 

@@ -20,6 +20,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from jaxface.fileio import write_text_atomic
 from jaxface.paths import weights_dir
 from jaxface.rnet.network import INPUT_CONVENTIONS, VARIANTS, RNetConfig, abstract_variables
 
@@ -110,24 +111,30 @@ def weights_provenance(path: str | Path | None = None) -> dict[str, Any]:
     return source
 
 
-def save_rnet(variables: dict, config: RNetConfig, out_dir: str | Path | None = None,
-              source: dict[str, Any] | None = None) -> Path:
-    """Write `variables` + `config` (+ where they came from) to `out_dir`; returns the folder."""
+def write_weights(out: Path, variables: dict, expected: dict, meta: dict, meta_name: str, what: str) -> Path:
+    """Write a weights folder: the orbax checkpoint of `variables` (checked against the
+    `expected` abstract tree first) and `meta` as JSON in `meta_name`; returns the folder."""
     import orbax.checkpoint as ocp
 
-    out = Path(out_dir if out_dir is not None else default_rnet_dir()).resolve()  # orbax wants absolute
-    expected = abstract_variables(config)
+    out = Path(out).resolve()  # orbax wants absolute paths
     got = jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), variables)
     want = jax.tree.map(lambda a: (tuple(a.shape), jnp.dtype(a.dtype)), expected)
     if got != want:
-        raise ValueError("save_rnet: variables do not match the R-Net tree (names, shapes or float32 dtype)")
+        raise ValueError(f"{what}: variables do not match the network's tree (names, shapes or float32 dtype)")
     out.mkdir(parents=True, exist_ok=True)
     ckptr = ocp.StandardCheckpointer()
     ckptr.save(out / CKPT_NAME, variables, force=True)
     ckptr.wait_until_finished()
-    meta = {"format": FORMAT, "version": VERSION, "config": config.to_json(), "source": source or {}}
-    (out / META_NAME).write_text(json.dumps(meta, indent=2) + "\n")
+    write_text_atomic(out / meta_name, json.dumps(meta, indent=2) + "\n")
     return out
+
+
+def save_rnet(variables: dict, config: RNetConfig, out_dir: str | Path | None = None,
+              source: dict[str, Any] | None = None) -> Path:
+    """Write `variables` + `config` (+ where they came from) to `out_dir`; returns the folder."""
+    meta = {"format": FORMAT, "version": VERSION, "config": config.to_json(), "source": source or {}}
+    return write_weights(out_dir if out_dir is not None else default_rnet_dir(), variables,
+                         abstract_variables(config), meta, META_NAME, "save_rnet")
 
 
 def load_rnet(path: str | Path | None = None) -> tuple[dict, RNetConfig]:
