@@ -22,7 +22,7 @@ import jax
 from jaxface.identity.arcface import IResNetConfig, abstract_variables, torch_state_to_variables
 from jaxface.paths import weights_dir
 from jaxface.rnet.checkpoint import write_weights
-from jaxface.rnet.convert import file_sha256
+from jaxface.rnet.convert import file_sha256, load_torch_file
 
 META_NAME = "identity.json"
 CKPT_NAME = "checkpoint"
@@ -87,17 +87,7 @@ def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
     size = path.stat().st_size
     if size == 0 or size > MAX_FILE_BYTES:
         raise ValueError(f"{path} is {size} bytes; an iresnet50/100 backbone.pth is 170-260 MB")
-    try:
-        try:
-            obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-        except RuntimeError as e:
-            if "mmap" not in str(e):
-                raise
-            obj = torch.load(path, map_location="cpu", weights_only=True)  # legacy (pre-zip) format
-    except Exception as e:  # UnpicklingError for non-tensor objects, zip / EOF errors for junk
-        first = str(e).splitlines()[0] if str(e) else ""
-        raise ValueError(f"{path} could not be read as a PyTorch state dict with weights_only=True "
-                         f"({type(e).__name__}: {first}); jaxface never unpickles arbitrary objects") from e
+    obj = load_torch_file(path, "arcface_torch's backbone.pth")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not all(isinstance(v, torch.Tensor) for v in obj.values()):

@@ -166,26 +166,35 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
-    """The R-Net state dict of an `epoch_20.pth` (torch tensors, memory-mapped when possible)."""
+def load_torch_file(path: Path, expected: str):
+    """torch.load with weights_only=True (memory-mapped when the format allows): tensors and
+    plain containers only; anything else is a ValueError naming `expected`, never unpickled."""
     torch = _import_torch()
-    path = check_source_file(pth_path, "epoch_20.pth")
+
     def load(mmap: bool):
         return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
 
     try:
         try:
-            obj = load(mmap=True)
+            return load(mmap=True)
         except RuntimeError as e:
             if "mmap" not in str(e):
                 raise
-            obj = load(mmap=False)  # legacy (pre-zip) files cannot be memory-mapped
+            return load(mmap=False)  # legacy (pre-zip) files cannot be memory-mapped
     except Exception as e:  # pickle.UnpicklingError for non-tensor objects, zip/EOF errors for junk
-        first = str(e).splitlines()[0] if str(e) else ""
+        # torch's own message goes on to suggest weights_only=False; only its first sentence is kept.
+        first = str(e).split(". ")[0].splitlines()[0] if str(e) else ""
         raise ValueError(
             f"{path} could not be read as a PyTorch weights file with weights_only=True "
-            f"({type(e).__name__}: {first}); expected epoch_20.pth of Deep3DFaceRecon_pytorch "
+            f"({type(e).__name__}: {first}); expected {expected} "
             "(a dict of tensors; jaxface never unpickles arbitrary objects)") from e
+
+
+def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
+    """The R-Net state dict of an `epoch_20.pth` (torch tensors, memory-mapped when possible)."""
+    torch = _import_torch()
+    path = check_source_file(pth_path, "epoch_20.pth")
+    obj = load_torch_file(path, "epoch_20.pth of Deep3DFaceRecon_pytorch")
     if isinstance(obj, Mapping) and "net_recon" in obj:
         obj = obj["net_recon"]
     elif not (isinstance(obj, Mapping) and any(str(k).startswith("backbone.") for k in obj)):
