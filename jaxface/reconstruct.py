@@ -120,7 +120,7 @@ def bucket_size(n: int, buckets: Sequence[int]) -> int:
     return min(b for b in buckets if b >= n)
 
 
-def _pad(x: np.ndarray, size: int) -> np.ndarray:
+def pad_batch(x: np.ndarray, size: int) -> np.ndarray:
     """Pad the leading axis to `size` by repeating the last row (results are dropped)."""
     if len(x) == size:
         return x
@@ -217,7 +217,7 @@ class Reconstructor:
         """Coeffs[n] for aligned crops u8[n, 224, 224, 3] and crop landmarks f32[n, K, 2] (y down)."""
         n = len(crops)
         size = bucket_size(n, self.config.buckets)
-        crops_p, lms_p = _pad(crops, size), _pad(lms, size)
+        crops_p, lms_p = pad_batch(crops, size), pad_batch(lms, size)
         init = None
         if self.method in ("rnet", "rnet+fit"):
             from jaxface.rnet import predict
@@ -302,7 +302,7 @@ class Reconstructor:
         """Face formation + rendering for one chunk, written into the batch arrays at `idx`."""
         n = len(idx)
         size = bucket_size(n, self.config.buckets)
-        padded = jax.tree.map(lambda x: jnp.asarray(_pad(np.asarray(x), size)), coeffs)
+        padded = jax.tree.map(lambda x: jnp.asarray(pad_batch(np.asarray(x), size)), coeffs)
         face, out_r = render_faces(self.model, padded, self.camera)
         face = jax.tree.map(lambda x: np.asarray(x)[:n], face)
         rendered, mask = np.asarray(out_r.image)[:n], np.asarray(out_r.mask)[:n]

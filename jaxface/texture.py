@@ -34,6 +34,7 @@ from jaxface.conventions import CROP_SIZE, flip_row
 from jaxface.formation import AMBIENT_OFFSET, Face, sh_terms
 from jaxface.model.face_model import FaceModel
 from jaxface.model.uv import face_uv
+from jaxface.reconstruct import pad_batch
 from jaxface.render import Fragments, render_faces
 
 MAX_TEXTURE_SIZE = 2048  # 4M texels; the UV rasterization's memory grows with it
@@ -213,7 +214,7 @@ def _padded(coeffs: Coeffs, n: int, batch_size: int | None) -> Coeffs:
     size = batch_size or 1 << max(0, (n - 1).bit_length())
     if size < n:
         raise ValueError(f"batch_size {size} is smaller than the {n} faces given")
-    return jax.tree.map(lambda x: jnp.asarray(np.concatenate([x, np.repeat(x[-1:], size - n, axis=0)])), coeffs)
+    return jax.tree.map(lambda x: jnp.asarray(pad_batch(x, size)), coeffs)
 
 
 def _photo_pixels(crop_xy: np.ndarray, trans_params, crop_size: int) -> np.ndarray:
