@@ -256,22 +256,10 @@ def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
         save_failures()  # also replaces the failures of an earlier run
         for start in range(0, len(todo), size):
             chunk = todo[start : start + size]
-            result = recon([photos[i] for i in chunk])
-            maps = textures.extract(result, [photos[i] for i in chunk]) if textures else {}
-            for k, i in enumerate(chunk):
-                if result.status[k] != outputs.OK:
-                    failures.add(photos[i], "reconstruct", result.status[k])
-                    continue
-                try:
-                    outputs.save_outputs(result, k, out, stems[i], model.tris, maps.get(k),
-                                         textures.atlas.uv if textures else None)
-                except OSError as e:
-                    failures.add(photos[i], "write", e)
-                    continue
-                done += 1
-                if result.warnings[k]:
-                    failures.add(photos[i], "warning", result.warnings[k])
-                    warned += 1
+            batch = [photos[i] for i in chunk]
+            n_done, n_warned = write_batch(recon(batch), batch, [stems[i] for i in chunk], out, model, textures,
+                                           failures)
+            done, warned = done + n_done, warned + n_warned
             save_failures()
             n_failed = len(failures) - warned
             print(f"[{min(start + size, len(todo))}/{len(todo)}] {done} reconstructed, {n_failed} failed",
@@ -296,6 +284,29 @@ def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
                            "photos": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2),
                            "inputs": {s: str(p.resolve()) for s, p in zip(stems, photos) if s is not None}})
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def write_batch(result, photos, stems, out: Path, model, textures, failures) -> tuple[int, int]:
+    """Write the outputs of one reconstructed batch (`photos[k]` as `stems[k]`); a failed photo
+    or a failed write becomes a row of `failures` and the batch goes on. Returns (written, with warnings)."""
+    from jaxface import outputs
+
+    maps = textures.extract(result, photos) if textures else {}
+    done = warned = 0
+    for k, (photo, stem) in enumerate(zip(photos, stems)):
+        if result.status[k] != outputs.OK:
+            failures.add(photo, "reconstruct", result.status[k])
+            continue
+        try:
+            outputs.save_outputs(result, k, out, stem, model.tris, maps.get(k), textures.atlas.uv if textures else None)
+        except OSError as e:
+            failures.add(photo, "write", e)
+            continue
+        done += 1
+        if result.warnings[k]:
+            failures.add(photo, "warning", result.warnings[k])
+            warned += 1
+    return done, warned
 
 
 class _LazyDetector:
