@@ -50,6 +50,9 @@ class ReconstructConfig:
     fit: settings of the gradient fitting (`jaxface.fit.FitConfig`).
     refine: FitConfig used after R-Net in "rnet+fit" (a shorter schedule).
     overlay_alpha: opacity of the rendering over the photo in overlays.
+    photo_outputs: map the rendering back to photo pixels and blend the overlays
+        (`image_rendered`, `image_mask`, `overlays`); False leaves them None (coefficients,
+        meshes and crop renderings only).
     """
 
     method: str = "auto"
@@ -57,6 +60,7 @@ class ReconstructConfig:
     fit: FitConfig = FitConfig()
     refine: FitConfig = FitConfig(landmark_steps=20, photo_steps=60)
     overlay_alpha: float = 0.8
+    photo_outputs: bool = True
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -80,7 +84,8 @@ class Reconstruction(NamedTuple):
     rendered: f32[B, 224, 224, 3]      rendered face in the crop, 0-1
     mask: f32[B, 224, 224]             rendered-face mask in the crop
     trans_params: f64[B, 5]            [W, H, scale, tx, ty] of each original image
-    image_rendered: tuple[f32[H, W, 3]]  rendering in original-image pixels, per image
+    image_rendered: tuple[f32[H, W, 3]]  rendering in original-image pixels, per image (None: failed,
+                                         or ReconstructConfig.photo_outputs=False)
     image_mask: tuple[f32[H, W]]         its mask, per image
     overlays: tuple[u8[H, W, 3]]         rendering blended over the photo, per image
     status: tuple[str]                 "ok", or why that image failed
@@ -113,6 +118,19 @@ class Reconstruction(NamedTuple):
     def ok(self) -> np.ndarray:
         """bool[B]: which images were reconstructed."""
         return np.array([s == OK for s in self.status])
+
+
+class Prepared(NamedTuple):
+    """A batch loaded and aligned by `Reconstructor.prepare` (per image; None where it failed).
+
+    photos: list of u8[H, W, 3]; aligned: list of `align.Aligned`; status: "ok" or why not;
+    warnings: "" or why the landmarks look doubtful.
+    """
+
+    photos: list
+    aligned: list
+    status: list
+    warnings: list
 
 
 def bucket_size(n: int, buckets: Sequence[int]) -> int:
@@ -233,7 +251,7 @@ class Reconstructor:
     # ---------------------------------------------------------------- main entry
 
     def __call__(self, images, landmarks=None) -> Reconstruction:
-        """Reconstruct a batch.
+        """Reconstruct a batch: `self.run(self.prepare(images, landmarks))`.
 
         images: u8[N, H, W, 3] or a list of arrays (any size, RGB; gray/RGBA are converted; float
             0-1) and/or paths (a 5-point `NAME.txt` beside a path is used when no landmarks are
@@ -241,6 +259,11 @@ class Reconstructor:
         landmarks: f32[N, 5|68, 2] or a list (entries may be None) of pixel coordinates, y down;
             f32[5|68, 2] for a single image.
         """
+        return self.run(self.prepare(images, landmarks))
+
+    def prepare(self, images, landmarks=None) -> "Prepared":
+        """Load, check and align a batch (host work only: it can run in a thread while the
+        previous batch's network runs). Arguments as `__call__`."""
         items, lms_in = as_batch(images, landmarks)
         n = len(items)
         status = [OK] * n
@@ -259,7 +282,13 @@ class Reconstructor:
         # Decoding and resizing release the GIL: one thread per core roughly halves this stage.
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 1) as pool:
             list(pool.map(load_and_align, range(n)))
+        return Prepared(photos, aligned, status, warnings)
 
+    def run(self, prepared: "Prepared") -> Reconstruction:
+        """Coefficients, formation, rendering and photo-pixel results of a `prepare`d batch."""
+        photos, aligned = prepared.photos, prepared.aligned
+        status, warnings = list(prepared.status), prepared.warnings
+        n = len(status)
         v = self.model.num_vertices
         out = _empty(n, v)
         good = [i for i in range(n) if status[i] == OK]
@@ -279,7 +308,7 @@ class Reconstructor:
         def to_photo(i):
             if status[i] == OK and not np.all(np.isfinite(out["coeffs"][i])):
                 status[i] = "fitting produced non-finite coefficients"
-            if status[i] != OK:
+            if status[i] != OK or not self.config.photo_outputs:
                 return None, None, None
             ren, msk = align.warp_to_image(out["rendered"][i], out["mask"][i], aligned[i].trans_params)
             return ren, msk, blend_overlay(photos[i], ren, msk, alpha=self.config.overlay_alpha)

@@ -254,16 +254,17 @@ def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
         skipped = sum(s is not None for s in stems) - len(todo)
         print(f"model: {model.label}; method: {recon.method}", file=sys.stderr)
         save_failures()  # also replaces the failures of an earlier run
-        for start in range(0, len(todo), size):
-            chunk = todo[start : start + size]
-            batch = [photos[i] for i in chunk]
-            n_done, n_warned = write_batch(recon(batch), batch, [stems[i] for i in chunk], out, model, textures,
-                                           failures)
-            done, warned = done + n_done, warned + n_warned
+        chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
+        seen = 0
+
+        def on_batch(n_photos, n_done, n_warned, rows):
+            nonlocal done, warned, seen
+            done, warned, seen = done + n_done, warned + n_warned, seen + n_photos
+            failures.rows.extend(rows)
             save_failures()
-            n_failed = len(failures) - warned
-            print(f"[{min(start + size, len(todo))}/{len(todo)}] {done} reconstructed, {n_failed} failed",
-                  file=sys.stderr)
+            print(f"[{seen}/{len(todo)}] {done} reconstructed, {len(failures) - warned} failed", file=sys.stderr)
+
+        _pipeline(recon, chunks, photos, stems, out, model, textures, on_batch)
     except KeyboardInterrupt:
         save_failures()
         print(f"jaxface reconstruct: interrupted; {done} of {len(todo)} photos reconstructed in this run "
@@ -284,6 +285,47 @@ def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
                            "photos": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2),
                            "inputs": {s: str(p.resolve()) for s, p in zip(stems, photos) if s is not None}})
     return EXIT_FAILED if failed else EXIT_OK
+
+
+def _pipeline(recon, chunks, photos, stems, out: Path, model, textures, on_batch) -> None:
+    """Reconstruct and write `chunks` (lists of photo indices) in order, calling
+    `on_batch(photos, written, with warnings, failure rows)` after each chunk's files are written.
+    Three stages overlap: the next chunk is loaded and aligned, this one runs through the
+    network, the previous one is written (the host stages are mostly single-threaded Python and
+    image codecs; the network uses every core). On Ctrl-C the chunk being written is finished
+    and reported, then the interrupt goes on."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from jaxface.outputs import FailureLog
+
+    def write(result, chunk):
+        log = FailureLog()
+        n_done, n_warned = write_batch(result, [photos[i] for i in chunk], [stems[i] for i in chunk], out, model,
+                                       textures, log)
+        return len(chunk), n_done, n_warned, log.rows
+
+    loader, writer = ThreadPoolExecutor(1), ThreadPoolExecutor(1)
+    pending = None
+    try:
+        nxt = loader.submit(recon.prepare, [photos[i] for i in chunks[0]]) if chunks else None
+        for c, chunk in enumerate(chunks):
+            prepared = nxt.result()
+            if c + 1 < len(chunks):
+                nxt = loader.submit(recon.prepare, [photos[i] for i in chunks[c + 1]])
+            result = recon.run(prepared)
+            if pending is not None:
+                on_batch(*pending.result())
+            pending = writer.submit(write, result, chunk)
+        if pending is not None:
+            on_batch(*pending.result())
+            pending = None
+    except KeyboardInterrupt:
+        if pending is not None and not pending.cancelled():
+            on_batch(*pending.result())
+        raise
+    finally:
+        loader.shutdown(wait=False, cancel_futures=True)
+        writer.shutdown(wait=True)
 
 
 def write_batch(result, photos, stems, out: Path, model, textures, failures) -> tuple[int, int]:

@@ -263,18 +263,43 @@ def test_unwritable_output_folder_is_found_before_any_work(tmp_path, monkeypatch
 def test_sigterm_ends_a_run_like_ctrl_c(tmp_path, monkeypatch, capsys):
     from jaxface.cli import main
 
-    def killed(self, images, landmarks=None):
+    def killed(self, prepared):
         os.kill(os.getpid(), signal.SIGTERM)  # e.g. a job scheduler stopping the run
         raise AssertionError("SIGTERM did not interrupt")
 
     before = signal.getsignal(signal.SIGTERM)
-    monkeypatch.setattr(Reconstructor, "__call__", killed)
+    monkeypatch.setattr(Reconstructor, "run", killed)
     src = _broken_folder(tmp_path / "in")
     assert main(["reconstruct", str(src), "-o", str(tmp_path / "out"), "--method", "fit"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("jaxface reconstruct: interrupted; 0 of 2 photos reconstructed in this run")
     assert err[-1].endswith("rerun the same command to resume") and "Traceback" not in "".join(err)
     assert signal.getsignal(signal.SIGTERM) == before
+
+
+def test_interrupt_keeps_the_batch_being_written(tmp_path, monkeypatch, capsys):
+    """Batches overlap (load next, run this, write previous): Ctrl-C during the third batch's
+    network finishes and reports the second batch's writes, and failures.csv holds both rows."""
+    from jaxface.cli import main
+    from jaxface.outputs import read_failures_csv
+
+    calls, original = [], Reconstructor.run
+
+    def third_interrupts(self, prepared):
+        calls.append(len(prepared.status))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, prepared)
+
+    monkeypatch.setattr(Reconstructor, "run", third_interrupts)
+    src = _broken_folder(tmp_path / "in", names=("b1.jpg", "b2.jpg", "b3.jpg"))
+    out = tmp_path / "out"
+    assert main(["reconstruct", str(src), "-o", str(out), "--method", "fit", "--batch-size", "1"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert calls == [1, 1, 1]
+    assert [ln for ln in err if ln.startswith("[")] == ["[1/3] 0 reconstructed, 1 failed", "[2/3] 0 reconstructed, 2 failed"]
+    assert err[-1].startswith("jaxface reconstruct: interrupted; 0 of 3 photos reconstructed in this run")
+    assert [Path(r.image).name for r in read_failures_csv(out / "failures.csv")] == ["b1.jpg", "b2.jpg"]
 
 
 # ----------------------------------------------------------------------------- CLI in subprocesses

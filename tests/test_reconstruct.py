@@ -97,6 +97,25 @@ def test_same_bucket_does_not_recompile(recon, photos):
     assert one.ok.all() and render_faces._cache_size() == before
 
 
+def test_prepare_then_run_and_skipping_photo_outputs(recon, photos, result, synthetic_model, tmp_path):
+    """`prepare` + `run` is `__call__`; photo_outputs=False gives the same coefficients and crop
+    renderings without photo-pixel maps, and save_outputs says what it needs."""
+    import dataclasses
+
+    images, lm68, _, _ = photos
+    items, lms = [images[0], np.zeros((5, 5), np.uint8), images[2]], [lm68[0], lm68[0], lm68[2]]
+    prepared = recon.prepare(items, lms)
+    assert prepared.status[0] == "ok" and prepared.status[1] != "ok" and prepared.aligned[1] is None
+    lean = Reconstructor(model=synthetic_model, config=dataclasses.replace(FAST, photo_outputs=False), quiet=True)
+    bare = lean.run(prepared)
+    assert bare.status == result.status
+    np.testing.assert_array_equal(bare.coeffs.to_vector(), result.coeffs.to_vector())
+    np.testing.assert_array_equal(bare.rendered, result.rendered)
+    assert bare.overlays == (None, None, None) and bare.image_rendered == (None, None, None)
+    with pytest.raises(ValueError, match="photo_outputs=True"):
+        save_outputs(bare, 0, tmp_path, "a", synthetic_model.tris)
+
+
 def test_rnet_without_weights_is_a_clear_error(synthetic_model, tmp_path):
     with pytest.raises(MissingFileError, match="convert-weights"):
         Reconstructor(model=synthetic_model, weights=tmp_path, config=ReconstructConfig(method="rnet"), quiet=True)

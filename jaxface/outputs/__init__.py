@@ -84,6 +84,8 @@ def save_outputs(recon, i: int, out_dir, stem: str, tris, textures=None, uv=None
     """
     if recon.status[i] != OK:
         raise ValueError(f"image {i} has no result ({recon.status[i]})")
+    if recon.overlays[i] is None:
+        raise ValueError("save_outputs writes the overlay: reconstruct with ReconstructConfig(photo_outputs=True)")
     where = result_paths(out_dir, sanitize_stem(stem))
     save_mat(
         where.mat,

@@ -17,6 +17,7 @@ Conventions of the files (checked against both references):
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -240,8 +241,15 @@ def format_obj(vertices: np.ndarray, colors: np.ndarray, tris: np.ndarray) -> by
         raise ValueError(f"tris index vertices {t.min()}..{t.max()}; expected zero-based indices below {n}")
     # One %-format over the whole array: no Python-level loop per line.
     vals = np.concatenate([v, c], axis=1).astype(np.float64).ravel().tolist()
-    text = (_V_FMT * n) % tuple(vals) + (_F_FMT * len(t)) % tuple((t.astype(np.int64) + 1).ravel().tolist())
-    return text.encode("ascii")
+    return ((_V_FMT * n) % tuple(vals)).encode("ascii") + _face_lines(t.astype(np.int64).tobytes())
+
+
+@functools.lru_cache(maxsize=4)
+def _face_lines(tris: bytes) -> bytes:
+    """The `f a b c` lines of int64 zero-based triangles (as bytes): every mesh of a model
+    shares them, so they are formatted once."""
+    t = np.frombuffer(tris, np.int64)
+    return ((_F_FMT * (len(t) // 3)) % tuple((t + 1).tolist())).encode("ascii")
 
 
 def save_obj(path: str | os.PathLike, vertices: np.ndarray, colors: np.ndarray, tris: np.ndarray) -> Path:
