@@ -50,6 +50,10 @@ class ReconstructConfig:
     fit: settings of the gradient fitting (`jaxface.fit.FitConfig`).
     refine: FitConfig used after R-Net in "rnet+fit" (a shorter schedule).
     overlay_alpha: opacity of the rendering over the photo in overlays.
+    rnet_dtype: R-Net compute dtype, "float32" or "bfloat16" (bfloat16 operands, float32
+        accumulation: faster where the CPU has AVX512-BF16 or AMX, or on a GPU; coefficients
+        differ slightly from float32's, README "Speed" gives the measured difference); None
+        keeps the weights' own (float32).
     photo_outputs: map the rendering back to photo pixels and blend the overlays
         (`image_rendered`, `image_mask`, `overlays`); False leaves them None (coefficients,
         meshes and crop renderings only).
@@ -60,6 +64,7 @@ class ReconstructConfig:
     fit: FitConfig = FitConfig()
     refine: FitConfig = FitConfig(landmark_steps=20, photo_steps=60)
     overlay_alpha: float = 0.8
+    rnet_dtype: str | None = None
     photo_outputs: bool = True
 
     def __post_init__(self):
@@ -67,6 +72,8 @@ class ReconstructConfig:
             raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
         if not self.buckets or any(b < 1 for b in self.buckets):
             raise ValueError(f"buckets must be positive batch sizes, got {self.buckets}")
+        if self.rnet_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"rnet_dtype must be 'float32', 'bfloat16' or None, got {self.rnet_dtype!r}")
 
 
 class Reconstruction(NamedTuple):
@@ -181,7 +188,10 @@ class Reconstructor:
         where = Path(weights) if weights is not None else checkpoint.default_rnet_dir()
         mismatch = None
         if (where / checkpoint.META_NAME).is_file():
-            self.rnet = checkpoint.load_rnet(where)
+            variables, rnet_config = checkpoint.load_rnet(where)
+            if config.rnet_dtype is not None:
+                rnet_config = dataclasses.replace(rnet_config, dtype=config.rnet_dtype)
+            self.rnet = (variables, rnet_config)
             synthetic_weights = checkpoint.trained_for_synthetic(checkpoint.weights_provenance(where))
             if synthetic_weights != self.model.synthetic:
                 # Coefficients only mean something for the model the network was trained with.

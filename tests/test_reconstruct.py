@@ -200,6 +200,11 @@ def test_weights_trained_for_the_synthetic_model_round_trip(synthetic_model, tmp
     capsys.readouterr()
     same = Reconstructor(model=synthetic_model, weights=tmp_path, config=ReconstructConfig(method="auto"))
     assert same.method == "rnet" and "jaxface:" not in capsys.readouterr().err
+    assert same.rnet[1].dtype == "float32"
+    half = Reconstructor(model=synthetic_model, weights=tmp_path, config=ReconstructConfig(rnet_dtype="bfloat16"))
+    assert half.rnet[1].dtype == "bfloat16" and half.rnet[1].variant == same.rnet[1].variant
+    with pytest.raises(ValueError, match="rnet_dtype must be"):
+        ReconstructConfig(rnet_dtype="float16")
     basel = synthetic_model.replace(synthetic=False)  # stands in for the Basel model
     auto = Reconstructor(model=basel, weights=tmp_path, config=ReconstructConfig(method="auto"))
     assert auto.method == "fit"

@@ -14,7 +14,9 @@ angle 3, gamma 27, trans-xy 2, trans-z 1 concatenated in that order (stored as o
 2048x257 kernel, which is exactly the concatenation of the seven 1x1 convs).
 
 The 1x1 convolutions (most of the FLOPs) are `jnp.dot` over the channel axis, stride 2 by
-slicing: on this CPU XLA's dot beats its convolution path (DEPENDENCIES.md).
+slicing: on this CPU XLA's dot beats its convolution path (DEPENDENCIES.md). Every product
+asks for a float32 result: with bfloat16 operands that is the native bf16 dot (a bf16 result
+would make XLA convert and multiply in float32).
 """
 
 from __future__ import annotations
@@ -48,7 +50,10 @@ class RNetConfig:
     variant: "torch" (stride on the first bottleneck) or "slim" (stride on the last unit).
     input: what the trained weights expect; `predict` converts the caller's RGB 0-1 to it.
     bn_eps: BatchNorm epsilon (1e-5 for torchvision and for slim's resnet_arg_scope).
-    dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32).
+    dtype: compute dtype, "float32" or "bfloat16" (parameters stay float32). In bfloat16,
+        activations and the operands of every convolution are bfloat16 and products accumulate
+        in float32 (`preferred_element_type`): the form CPUs with AVX512-BF16/AMX and GPU
+        tensor cores run natively, and the accumulation keeps the 2048-term sums accurate.
     """
 
     variant: Literal["torch", "slim"] = "torch"
@@ -102,9 +107,9 @@ class Conv1x1(nn.Module):
         )
         if self.stride > 1:
             x = x[:, :: self.stride, :: self.stride, :]
-        y = jnp.dot(x, kernel[0, 0].astype(self.dtype))
+        y = jnp.dot(x.astype(self.dtype), kernel[0, 0].astype(self.dtype), preferred_element_type=jnp.float32)
         if self.use_bias:
-            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32).astype(self.dtype)
+            y = y + self.param("bias", nn.initializers.zeros, (self.features,), jnp.float32)
         return y
 
 
@@ -123,11 +128,14 @@ class ConvKxK(nn.Module):
             "kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
             (k, k, x.shape[-1], self.features), jnp.float32,
         )
-        pad = (k - 1) // 2
-        return jax.lax.conv_general_dilated(
-            x, kernel.astype(self.dtype), (self.stride, self.stride), ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+        return conv_kxk(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
+
+
+def conv_kxk(x, kernel, stride: int):
+    """KxK convolution, padding (K-1)//2 each side: f[B, H, W, Cin], f[K, K, Cin, Cout] -> f[B, H', W', Cout]."""
+    pad = (kernel.shape[0] - 1) // 2
+    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
 
 
 def _max_pool(x, variant: str):
