@@ -250,11 +250,14 @@ def reconstruct_cli(argv) -> int:
     if args.ray_cpus_per_actor is not None and args.ray_cpus_per_actor <= 0:
         p.error("--ray-cpus-per-actor must be positive")
     created: list[Path] = []
+    ray_started = False
     try:
         if args.ray is not None:
             from jaxface.distributed import ray_data
 
-            ray_data.check_ray(args.ray)  # the extra and the address, before anything is loaded
+            # First: the extra and the address are checked before anything loads, and Ray
+            # spawns its processes before JAX starts here.
+            ray_started = ray_data.start_ray(args.ray, quiet=True)
         created = _prepare_out_dir(args.out)
         from jaxface.fileio import remove_stale_temps
 
@@ -265,13 +268,20 @@ def reconstruct_cli(argv) -> int:
     except SetupError as e:
         _remove_empty(created)
         print(f"jaxface reconstruct: {e}", file=sys.stderr)
+        if ray_started:
+            ray_data.stop_ray(ray_started)
         return EXIT_SETUP
     except KeyboardInterrupt:
         _remove_empty(created)
         print("jaxface reconstruct: interrupted during set-up; nothing was reconstructed", file=sys.stderr)
+        if ray_started:
+            ray_data.stop_ray(ray_started)
         return EXIT_INTERRUPTED
     if args.ray is not None:
-        return ray_data.run_cli(args, photos, stems, errors, recon, model, textures, t0)
+        try:
+            return ray_data.run_cli(args, photos, stems, errors, recon, model, textures, t0)
+        finally:
+            ray_data.stop_ray(ray_started)
     return _run(args, photos, stems, errors, recon, model, textures, t0)
 
 

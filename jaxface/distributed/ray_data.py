@@ -26,8 +26,10 @@ COEFFS_NAME = "coeffs.parquet"
 INSTALL_HINT = "pip install 'jaxface[ray]'"
 MAX_BLOCKS = 1000  # dataset blocks; more photos make each block several batches long
 CLUSTER_CPUS_PER_ACTOR = 4
-# Environment the actors get from the driver (their nodes may not share the driver's shell).
-FORWARDED_ENV = ("JAXFACE_", "JAX_", "XLA_")
+# Environment the actors get from the driver (their nodes may not share the driver's shell);
+# set by each actor before it loads anything. (A Ray runtime_env would do it too, but makes Ray
+# keep the actors' constructor in its object store and warn that restarts could lose it.)
+FORWARDED_ENV = ("JAXFACE_", "XLA_FLAGS")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,6 +45,8 @@ class RaySettings:
     steps: int | None
     texture: bool
     texture_size: int
+    compile_cache: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -98,16 +102,23 @@ def check_ray(address: str) -> None:
                          f"`ray start --head --port={port}` on {host}, or check the address") from e
 
 
-def _start_ray(address: str) -> bool:
-    """Connect to (or start) Ray; True when this call started it (then `ray.shutdown` ends it)."""
+def start_ray(address: str, quiet: bool = False) -> bool:
+    """Check the extra and the address (SetupError), then join Ray at `address` or start a local
+    instance (LOCAL_RAY), unless this process already runs Ray. True when this call started it
+    (`stop_ray` ends it). Call it before JAX starts in this process: starting Ray spawns
+    processes, and nothing should fork once JAX's threads run. quiet: Ray Data logs warnings
+    only (set in this process's environment; for the command line)."""
     import logging
 
     from jaxface.reconstruct_cli import LOCAL_RAY, SetupError
 
+    if quiet:
+        os.environ.setdefault("RAY_DATA_LOG_LEVEL", "WARNING")  # read when ray.data is imported
+    check_ray(address)
     ray = _import_ray()
     if ray.is_initialized():  # the caller's own Ray (a notebook, a test)
         return False
-    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+    kwargs = dict(include_dashboard=False, logging_level=logging.WARNING)
     try:
         if address == LOCAL_RAY:
             ray.init(**kwargs)
@@ -119,12 +130,19 @@ def _start_ray(address: str) -> bool:
     return True
 
 
+def stop_ray(started: bool) -> None:
+    if started:
+        import ray
+
+        ray.shutdown()
+
+
 def _first_line(e: BaseException) -> str:
     lines = [s for s in str(e).splitlines() if s.strip()]
     return f"{type(e).__name__}: {lines[0].strip() if lines else ''}"
 
 
-def _pool(ray, address: str, actors: int | None, cpus_per_actor: float | None) -> tuple[int, float]:
+def _pool(ray, actors: int | None, cpus_per_actor: float | None) -> tuple[int, float]:
     """(actors, CPUs each) from the nodes' CPUs: by default one actor holding all of a single
     machine's CPUs, or CLUSTER_CPUS_PER_ACTOR each (at most a node's) on a cluster."""
     from jaxface.reconstruct_cli import SetupError
@@ -141,11 +159,8 @@ def _pool(ray, address: str, actors: int | None, cpus_per_actor: float | None) -
     return actors, cpus_per_actor
 
 
-def _runtime_env(compile_cache: Path | None) -> dict:
-    env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    if compile_cache is not None:
-        env["JAX_COMPILATION_CACHE_DIR"] = str(compile_cache)
-    return {"env_vars": env}
+def _forwarded_env() -> tuple[tuple[str, str], ...]:
+    return tuple(sorted((k, v) for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)))
 
 
 def default_compile_cache() -> Path:
@@ -160,12 +175,21 @@ def default_compile_cache() -> Path:
 class ReconstructActor:
     """One per Ray worker process: one Reconstructor (model and weights loaded once, programs
     compiled on the first batch of each bucket), called on batches {index, key, stem}; writes
-    each photo's outputs and returns its status, message and 257 coefficients (NaN if none)."""
+    each photo's outputs and returns its status, message and 257 coefficients (NaN if none).
+    `actor_class(settings)` makes the class Ray Data instantiates."""
 
-    def __init__(self, settings: RaySettings):
+    settings: RaySettings | None = None
+
+    def __init__(self):
         t = time.perf_counter()
         from jaxface.reconstruct_cli import _build
 
+        settings = self.settings
+        os.environ.update(dict(settings.env))  # this worker's own process; before JAX's backend starts
+        if settings.compile_cache is not None:
+            import jax
+
+            jax.config.update("jax_compilation_cache_dir", settings.compile_cache)
         self.recon, self.model, self.textures = _build(settings, quiet=True)
         self.out = Path(settings.out)
         self.name = f"{socket.gethostname()}:{os.getpid()}"
@@ -196,6 +220,13 @@ class ReconstructActor:
             "call_s": np.full(n, time.perf_counter() - t),
             "first": np.full(n, self.calls == 1),
         }
+
+
+def actor_class(settings: RaySettings) -> type:
+    """ReconstructActor with `settings` in the class itself: Ray ships the class with the task
+    (constructor arguments would sit in the object store, and Ray warns that a restarted
+    actor could lose them)."""
+    return type("ReconstructActor", (ReconstructActor,), {"settings": settings})
 
 
 # ---------------------------------------------------------------- coeffs.parquet
@@ -239,7 +270,9 @@ def _carry_over(pa, writer, old: Path, redo: set[str], skipped: dict[str, str], 
                 images = t.column("image").to_pylist()
                 keep = [i for i, k in enumerate(images) if k not in redo]
                 if keep:
-                    writer.write_table(t.take(keep))
+                    t = t.take(keep)
+                    writer.write_table(t.set_column(t.schema.get_field_index("earlier_run"), "earlier_run",
+                                                    pa.array([True] * len(keep), pa.bool_())))
                     found.update(images[i] for i in keep)
         except (OSError, ValueError, pa.ArrowException) as e:
             print(f"jaxface: {old} could not be read ({e}); rebuilding its rows from the .mat files", file=sys.stderr)
@@ -275,8 +308,11 @@ def _dataset(ray, keys: list[str], stems: list[str], todo: list[int], batch_size
 
 
 def _quiet_ray_data(ray) -> None:
+    from ray.util.debug import log_once
+
     ctx = ray.data.DataContext.get_current()
     ctx.enable_progress_bars = False  # the driver prints the command's own progress lines
+    log_once("ray_data_progress_manager_disabled")  # ... and Ray need not warn that its bars are off
     ctx.print_on_execution_start = False
     ctx.enable_auto_log_stats = False
 
@@ -290,6 +326,7 @@ def _drive(args, photos, stems, errors, model_label: str, method: str, t0: float
     import pyarrow.parquet as pq
 
     from jaxface import outputs
+    from jaxface.coeffs import NUM_COEFFS
     from jaxface.reconstruct_cli import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_SETUP, _finish, _todo
 
     out = Path(args.out).resolve()
@@ -299,7 +336,7 @@ def _drive(args, photos, stems, errors, model_label: str, method: str, t0: float
     keys = [outputs.image_key(p) for p in photos]
     settings = RaySettings(out=str(out), bfm=_absolute(args.bfm), weights=_absolute(args.weights), method=args.method,
                            batch_size=args.batch_size, steps=args.steps, texture=args.texture,
-                           texture_size=args.texture_size)
+                           texture_size=args.texture_size, compile_cache=_absolute(compile_cache), env=_forwarded_env())
     name_rows = [outputs.Failure(str(photos[i]), "name", msg) for i, msg in sorted(errors.items())]
     run_rows: dict[int, outputs.Failure] = {}
     csv_path, parquet_path = out / "failures.csv", out / COEFFS_NAME
@@ -314,64 +351,57 @@ def _drive(args, photos, stems, errors, model_label: str, method: str, t0: float
             csv_error.append(e)
         return log
 
-    started = _start_ray(args.ray)
     ray = _import_ray()
     done = warned = processed = 0
     interrupted, stopped = False, None
-    actors, cpus = 1, 0.0
     startup: dict[str, list[float]] = {}
     t_start = t_last = time.perf_counter()
-    try:
-        actors, cpus = _pool(ray, args.ray, args.ray_actors, args.ray_cpus_per_actor)
-        print(f"model: {model_label}; method: {method}; Ray: {actors} actors x {cpus:g} CPUs", file=sys.stderr)
-        log = save_failures()  # also replaces the failures of an earlier run
-        redo = {keys[i] for i in todo} | {keys[i] for i in errors}
-        skipped_keys = {keys[i]: stems[i] for i, s in enumerate(stems) if s is not None} if skipped else {}
-        for i in todo:
-            skipped_keys.pop(keys[i], None)
-        with outputs.atomic_output(parquet_path) as tmp:
-            writer = pq.ParquetWriter(tmp, _schema(pa))
-            try:
-                _carry_over(pa, writer, parquet_path, redo, skipped_keys, out)
-                if errors:
-                    idx = sorted(errors)
-                    writer.write_table(_table(pa, [keys[i] for i in idx], [None] * len(idx), ["name"] * len(idx),
-                                              [errors[i] for i in idx], np.full((len(idx), 257), np.nan), False))
-                if todo:
-                    _quiet_ray_data(ray)
-                    ds = _dataset(ray, keys, stems, todo, args.batch_size).map_batches(
-                        ReconstructActor, fn_constructor_args=(settings,), batch_size=args.batch_size,
-                        batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus,
-                        runtime_env=_runtime_env(compile_cache))
-                    t_start = time.perf_counter()
-                    for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
-                        idx = [int(i) for i in b["index"]]
-                        processed += len(idx)
-                        for k, i in enumerate(idx):
-                            stage = str(b["status"][k])
-                            if stage != outputs.OK:
-                                run_rows[i] = outputs.Failure(str(photos[i]), stage, str(b["message"][k]))
-                            if stage in (outputs.OK, "warning"):
-                                done += 1
-                                warned += stage == "warning"
-                            if b["first"][k]:
-                                startup[str(b["actor"][k])] = [float(b["init_s"][k]), float(b["call_s"][k])]
-                        writer.write_table(_table(pa, [keys[i] for i in idx], [stems[i] for i in idx], b["status"],
-                                                  b["message"], np.stack(list(b["coeffs"])), False))
-                        log = save_failures()
-                        t_last = time.perf_counter()
-                        print(f"[{processed}/{len(todo)}] {done} reconstructed, {len(log) - warned} failed",
-                              file=sys.stderr)
-            except KeyboardInterrupt:
-                interrupted = True  # the table keeps the rows so far: written below, as the block ends
-            except Exception as e:  # an actor that could not start, a lost node: finished photos are kept
-                stopped = e
-            finally:
-                writer.close()
-        log = save_failures()
-    finally:
-        if started:
-            ray.shutdown()
+    actors, cpus = _pool(ray, args.ray_actors, args.ray_cpus_per_actor)
+    print(f"model: {model_label}; method: {method}; Ray: {actors} actors x {cpus:g} CPUs", file=sys.stderr)
+    log = save_failures()  # also replaces the failures of an earlier run
+    redo = {keys[i] for i in todo} | {keys[i] for i in errors}
+    skipped_keys = {keys[i]: stems[i] for i, s in enumerate(stems) if s is not None} if skipped else {}
+    for i in todo:
+        skipped_keys.pop(keys[i], None)
+    with outputs.atomic_output(parquet_path) as tmp:
+        writer = pq.ParquetWriter(tmp, _schema(pa))
+        try:
+            _carry_over(pa, writer, parquet_path, redo, skipped_keys, out)
+            if errors:
+                idx = sorted(errors)
+                writer.write_table(_table(pa, [keys[i] for i in idx], [None] * len(idx), ["name"] * len(idx),
+                                          [errors[i] for i in idx], np.full((len(idx), NUM_COEFFS), np.nan), False))
+            if todo:
+                _quiet_ray_data(ray)
+                ds = _dataset(ray, keys, stems, todo, args.batch_size).map_batches(
+                    actor_class(settings), batch_size=args.batch_size,
+                    batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=cpus)
+                t_start = time.perf_counter()
+                for b in ds.iter_batches(batch_size=None, batch_format="numpy"):
+                    idx = [int(i) for i in b["index"]]
+                    processed += len(idx)
+                    for k, i in enumerate(idx):
+                        stage = str(b["status"][k])
+                        if stage != outputs.OK:
+                            run_rows[i] = outputs.Failure(str(photos[i]), stage, str(b["message"][k]))
+                        if stage in (outputs.OK, "warning"):
+                            done += 1
+                            warned += stage == "warning"
+                        if b["first"][k]:
+                            startup[str(b["actor"][k])] = [float(b["init_s"][k]), float(b["call_s"][k])]
+                    writer.write_table(_table(pa, [keys[i] for i in idx], [stems[i] for i in idx], b["status"],
+                                              b["message"], np.stack(list(b["coeffs"])), False))
+                    log = save_failures()
+                    t_last = time.perf_counter()
+                    print(f"[{processed}/{len(todo)}] {done} reconstructed, {len(log) - warned} failed",
+                          file=sys.stderr)
+        except KeyboardInterrupt:
+            interrupted = True  # the table keeps the rows so far: written below, as the block ends
+        except Exception as e:  # an actor that could not start, a lost node: finished photos are kept
+            stopped = e
+        finally:
+            writer.close()
+    log = save_failures()
     seconds = round(time.perf_counter() - t0, 2)
     rate = round(processed / (t_last - t_start), 3) if processed and t_last > t_start else None
     common = dict(done=done, warned=warned, failed=len(log) - warned, skipped=skipped, seconds=seconds,
@@ -398,7 +428,8 @@ def _absolute(p) -> str | None:
 
 
 def run_cli(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
-    """`jaxface reconstruct ... --ray`: the run after the command's set-up; returns the exit status."""
+    """`jaxface reconstruct ... --ray`: the run after the command's set-up (Ray already started
+    by it); returns the exit status."""
     from jaxface.reconstruct_cli import EXIT_SETUP, SetupError
 
     label, method = model.label, recon.method
@@ -416,9 +447,11 @@ def reconstruct_dataset(paths, out, *, address: str | None = None, actors: int |
                         texture: bool = False, texture_size: int = 512, compile_cache=None) -> DatasetRun:
     """`jaxface reconstruct PATHS -o OUT --ray [ADDRESS]` from Python (see the command's --help).
 
-    address: None for a Ray instance on this machine (or the one this process already runs),
-        "HOST:PORT" or "auto" to join a cluster; OUT must then be a folder every node can write.
-    Returns a DatasetRun; raises ValueError (bad settings or set-up, the message says what to
+    address: None for a Ray instance on this machine (or the Ray this process already runs,
+        which is left running), "HOST:PORT" or "auto" to join a cluster; OUT must then be a
+        folder every node can write. compile_cache: folder of JAX's persistent compilation
+        cache for the actors (default `default_compile_cache()`, "none" for none).
+    Returns a DatasetRun; raises ValueError (bad settings or set-up; the message says what to
     change) and KeyboardInterrupt after saving what finished.
     """
     from jaxface.fileio import remove_stale_temps
@@ -432,8 +465,9 @@ def reconstruct_dataset(paths, out, *, address: str | None = None, actors: int |
         texture=texture, texture_size=texture_size, ray=address or LOCAL_RAY, ray_actors=actors,
         ray_cpus_per_actor=cpus_per_actor, compile_cache=compile_cache)
     t0 = time.perf_counter()
+    started = False
     try:
-        check_ray(args.ray)
+        started = start_ray(args.ray)
         _prepare_out_dir(args.out)
         remove_stale_temps(args.out)
         photos, stems, errors, recon, model, _ = _set_up(args, args.out)
@@ -442,6 +476,8 @@ def reconstruct_dataset(paths, out, *, address: str | None = None, actors: int |
         run = _drive(args, photos, stems, errors, label, method, t0)
     except SetupError as e:
         raise ValueError(str(e)) from e
+    finally:
+        stop_ray(started)
     if run.interrupted:
         raise KeyboardInterrupt
     return run
