@@ -68,8 +68,8 @@ def _parser() -> argparse.ArgumentParser:
                      help="actors, each holding one compiled Reconstructor (default: the cluster's CPUs "
                      "divided by --ray-cpus-per-actor)")
     ray.add_argument("--ray-cpus-per-actor", type=float, default=None, metavar="C",
-                     help="CPUs Ray reserves per actor (default: all CPUs of a one-machine instance for "
-                     "one actor; 4 on a cluster)")
+                     help="CPUs Ray reserves per actor (default: half the CPUs of the smallest node, "
+                     "so two actors per node)")
     ray.add_argument("--compile-cache", type=Path, default=None, metavar="DIR",
                      help="JAX's persistent compilation cache, shared by the actors (default: jax-compile in "
                      "the jaxface cache folder; 'none' to turn it off)")

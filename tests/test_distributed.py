@@ -60,7 +60,7 @@ def test_same_results_as_one_process(single, distributed):
 
     out, run = distributed
     assert (run.done, run.failed, run.skipped, run.exit_code) == (4, 1, 0, 1)
-    assert len(run.actor_startup) == run.actors == 1  # one actor with both CPUs by default
+    assert len(run.actor_startup) == run.actors == 2  # by default two actors, one CPU each
     assert read_failures_csv(out / "failures.csv") == read_failures_csv(single / "failures.csv")
     assert read_manifest(out) == read_manifest(single)
     rows = {r["stem"]: r for r in pq.read_table(out / "coeffs.parquet").to_pylist()}

@@ -25,7 +25,6 @@ from pathlib import Path
 COEFFS_NAME = "coeffs.parquet"
 INSTALL_HINT = "pip install 'jaxface[ray]'"
 MAX_BLOCKS = 1000  # dataset blocks; more photos make each block several batches long
-CLUSTER_CPUS_PER_ACTOR = 4
 # Environment the actors get from the driver (their nodes may not share the driver's shell);
 # set by each actor before it loads anything. (A Ray runtime_env would do it too, but makes Ray
 # keep the actors' constructor in its object store and warn that restarts could lose it.)
@@ -53,7 +52,8 @@ class RaySettings:
 class DatasetRun:
     """What a run did. actor_startup: per actor, (seconds to build its Reconstructor, seconds of
     its first batch, which includes compiling); images_per_s: photos of this run over the
-    seconds from the dataset's start to its last result."""
+    seconds from the dataset's start to its last result; steady_images_per_s: the same after
+    every actor's first batch came back (None with too few batches to tell)."""
 
     done: int
     warned: int
@@ -63,6 +63,7 @@ class DatasetRun:
     interrupted: bool
     seconds: float
     images_per_s: float | None
+    steady_images_per_s: float | None
     actors: int
     cpus_per_actor: float
     actor_startup: tuple[tuple[float, float], ...]
@@ -143,14 +144,15 @@ def _first_line(e: BaseException) -> str:
 
 
 def _pool(ray, actors: int | None, cpus_per_actor: float | None) -> tuple[int, float]:
-    """(actors, CPUs each) from the nodes' CPUs: by default one actor holding all of a single
-    machine's CPUs, or CLUSTER_CPUS_PER_ACTOR each (at most a node's) on a cluster."""
+    """(actors, CPUs each) from the nodes' CPUs: by default two actors per node, each with half
+    of the smallest node's CPUs (while one actor decodes, aligns and writes files, the other
+    computes; see README 'Scale out: Ray' for the measurement)."""
     from jaxface.reconstruct_cli import SetupError
 
     nodes = [n.get("Resources", {}).get("CPU", 0) for n in ray.nodes() if n.get("Alive")]
     nodes = [c for c in nodes if c > 0] or [1]
     if cpus_per_actor is None:
-        cpus_per_actor = nodes[0] if len(nodes) == 1 else min(CLUSTER_CPUS_PER_ACTOR, min(nodes))
+        cpus_per_actor = max(1, min(nodes) // 2)
     if cpus_per_actor > max(nodes):
         raise SetupError(f"--ray-cpus-per-actor {cpus_per_actor:g}: no Ray node has that many CPUs "
                          f"(the largest has {max(nodes):g})")
@@ -218,6 +220,7 @@ class ReconstructActor:
             "actor": np.array([self.name] * n, object),
             "init_s": np.full(n, self.init_s),
             "call_s": np.full(n, time.perf_counter() - t),
+            "end": np.full(n, time.time()),  # wall clock: compared across actors
             "first": np.full(n, self.calls == 1),
         }
 
@@ -355,6 +358,7 @@ def _drive(args, photos, stems, errors, model_label: str, method: str, t0: float
     done = warned = processed = 0
     interrupted, stopped = False, None
     startup: dict[str, list[float]] = {}
+    batches: list[tuple[float, int, str, bool]] = []  # (when it ended, photos, actor, its first)
     t_start = t_last = time.perf_counter()
     actors, cpus = _pool(ray, args.ray_actors, args.ray_cpus_per_actor)
     print(f"model: {model_label}; method: {method}; Ray: {actors} actors x {cpus:g} CPUs", file=sys.stderr)
@@ -389,6 +393,9 @@ def _drive(args, photos, stems, errors, model_label: str, method: str, t0: float
                             warned += stage == "warning"
                         if b["first"][k]:
                             startup[str(b["actor"][k])] = [float(b["init_s"][k]), float(b["call_s"][k])]
+                    for actor, end, first in {(str(a), float(e), bool(f)) for a, e, f in
+                                              zip(b["actor"], b["end"], b["first"])}:
+                        batches.append((end, int(np.sum(b["end"] == end)), actor, first))
                     writer.write_table(_table(pa, [keys[i] for i in idx], [stems[i] for i in idx], b["status"],
                                               b["message"], np.stack(list(b["coeffs"])), False))
                     log = save_failures()
@@ -404,8 +411,9 @@ def _drive(args, photos, stems, errors, model_label: str, method: str, t0: float
     log = save_failures()
     seconds = round(time.perf_counter() - t0, 2)
     rate = round(processed / (t_last - t_start), 3) if processed and t_last > t_start else None
+    steady = _steady_rate(batches)
     common = dict(done=done, warned=warned, failed=len(log) - warned, skipped=skipped, seconds=seconds,
-                  images_per_s=rate, actors=actors, cpus_per_actor=cpus,
+                  images_per_s=rate, steady_images_per_s=steady, actors=actors, cpus_per_actor=cpus,
                   actor_startup=tuple((round(a, 2), round(b, 2)) for a, b in startup.values()),
                   failures_csv=csv_path, coeffs_parquet=parquet_path)
     if interrupted:
@@ -421,6 +429,19 @@ def _drive(args, photos, stems, errors, model_label: str, method: str, t0: float
                     "skipped": skipped, "seconds": seconds, "ray": {"actors": actors, "cpus_per_actor": cpus},
                     "inputs": {s: k for s, k in zip(stems, keys) if s is not None}})
     return DatasetRun(exit_code=code, interrupted=False, **common)
+
+
+def _steady_rate(batches) -> float | None:
+    """Photos per second from when every actor had finished its first batch (compiling) to the
+    last batch's end, by the actors' clocks (one machine's, or a cluster's synchronised ones)."""
+    firsts = [end for end, _, _, first in batches if first]
+    if not firsts:
+        return None
+    warm = max(firsts)
+    later = [(end, n) for end, n, _, _ in batches if end > warm]
+    if not later:
+        return None
+    return round(sum(n for _, n in later) / (max(end for end, _ in later) - warm), 3)
 
 
 def _absolute(p) -> str | None:
