@@ -26,8 +26,7 @@ COEFFS_NAME = "coeffs.parquet"
 INSTALL_HINT = "pip install 'jaxface[ray]'"
 MAX_BLOCKS = 1000  # dataset blocks; more photos make each block several batches long
 # Environment the actors get from the driver (their nodes may not share the driver's shell);
-# set by each actor before it loads anything. (A Ray runtime_env would do it too, but makes Ray
-# keep the actors' constructor in its object store and warn that restarts could lose it.)
+# each actor sets it in its own process before it loads anything (no Ray runtime_env needed).
 FORWARDED_ENV = ("JAXFACE_", "XLA_FLAGS")
 
 
@@ -52,8 +51,9 @@ class RaySettings:
 class DatasetRun:
     """What a run did. actor_startup: per actor, (seconds to build its Reconstructor, seconds of
     its first batch, which includes compiling); images_per_s: photos of this run over the
-    seconds from the dataset's start to its last result; steady_images_per_s: the same after
-    every actor's first batch came back (None with too few batches to tell)."""
+    seconds from the dataset's start to its last result; steady_images_per_s: photos over
+    seconds once every actor had finished its first batch, by the actors' clocks (None with
+    too few batches to tell)."""
 
     done: int
     warned: int
