@@ -24,6 +24,7 @@ EXIT_CODES = """exit status:
        face model or weights unusable
   130  interrupted (Ctrl-C, SIGTERM): finished photos are kept; rerun the same command to resume"""
 OVERLAY_SUFFIX = "_overlay.png"
+LOCAL_RAY = "local"  # --ray without an address: a Ray instance on this machine
 
 
 class SetupError(Exception):
@@ -61,6 +62,20 @@ def _parser() -> argparse.ArgumentParser:
                    help="also write NAME_texture.png (photo colours), NAME_albedo.png (de-lit), NAME_visibility.png, "
                    "a textured NAME_mesh.obj + NAME_mesh.mtl and NAME.glb (needs the [mesh] extra)")
     p.add_argument("--texture-size", type=int, default=512, help="texture side in texels (default 512)")
+    ray = p.add_argument_group("scale out on Ray Data (extra [ray]; see README 'Scale out: Ray')")
+    ray.add_argument("--ray", nargs="?", const=LOCAL_RAY, default=None, metavar="ADDRESS",
+                     help="run on a pool of Ray actors: alone, a Ray instance on this machine; with HOST:PORT "
+                     "(or 'auto'), the cluster there (OUT must then be a folder every node can write). "
+                     "Also writes OUT/coeffs.parquet. Put it after the photos, or write --ray=ADDRESS")
+    ray.add_argument("--ray-actors", type=int, default=None, metavar="N",
+                     help="actors, each holding one compiled Reconstructor (default: the cluster's CPUs "
+                     "divided by --ray-cpus-per-actor)")
+    ray.add_argument("--ray-cpus-per-actor", type=float, default=None, metavar="C",
+                     help="CPUs Ray reserves per actor (default: half the CPUs of the smallest node, "
+                     "so two actors per node)")
+    ray.add_argument("--compile-cache", type=Path, default=None, metavar="DIR",
+                     help="JAX's persistent compilation cache, shared by the actors (default: jax-compile in "
+                     "the jaxface cache folder; 'none' to turn it off)")
     return p
 
 
@@ -118,8 +133,6 @@ def _set_up(args, out: Path):
     """(photos, stems, name errors, Reconstructor, model, texture writer or None); raises SetupError."""
     from jaxface import outputs
     from jaxface.conventions import IMAGE_SUFFIXES
-    from jaxface.fit import FitConfig
-    from jaxface.reconstruct import ReconstructConfig, Reconstructor, default_face_model
 
     try:
         manifest = outputs.read_manifest(out)
@@ -130,15 +143,7 @@ def _set_up(args, out: Path):
         where = " ".join(str(p) for p in args.paths)
         raise SetupError(f"no images found in {where} (looked for {' '.join(IMAGE_SUFFIXES)} files, not in "
                          "subfolders" + (f"; passed over {own} overlays this tool wrote" if own else "") + ")")
-    fit_cfg = FitConfig() if args.steps is None else FitConfig(landmark_steps=args.steps, photo_steps=args.steps)
-    buckets = tuple(sorted({b for b in (1, 4, args.batch_size) if b <= args.batch_size}))
-    config = ReconstructConfig(method=args.method, buckets=buckets, fit=fit_cfg, rnet_dtype=args.rnet_dtype)
-    try:
-        model = default_face_model(args.bfm)
-        recon = Reconstructor(model=model, weights=args.weights, config=config, detector=_optional_detector())
-        textures = _TextureWriter(model, args.texture_size, buckets) if args.texture else None
-    except (OSError, ValueError, ImportError) as e:
-        raise SetupError(f"set-up failed: {e}") from e
+    recon, model, textures = _build(args)
     stems, errors = outputs.assign_stems(photos, manifest)
     new = {outputs.image_key(p): s for p, s in zip(photos, stems) if s is not None}
     try:
@@ -152,6 +157,35 @@ def _set_up(args, out: Path):
               f"{', '.join(renamed[:5])}{', ...' if len(renamed) > 5 else ''} (see {out / outputs.MANIFEST_NAME})",
               file=sys.stderr)
     return photos, stems, errors, recon, model, textures
+
+
+def _build(args, quiet: bool = False):
+    """(Reconstructor, model, texture writer or None) for the settings in `args` (bfm, weights,
+    method, batch_size, steps, texture, texture_size); raises SetupError. Every worker of a
+    distributed run builds its own with the same settings, so results match this process's."""
+    from jaxface.fit import FitConfig
+    from jaxface.reconstruct import ReconstructConfig, Reconstructor, default_face_model
+
+    fit_cfg = FitConfig() if args.steps is None else FitConfig(landmark_steps=args.steps, photo_steps=args.steps)
+    buckets = tuple(sorted({b for b in (1, 4, args.batch_size) if b <= args.batch_size}))
+    config = ReconstructConfig(method=args.method, buckets=buckets, fit=fit_cfg, rnet_dtype=args.rnet_dtype)
+    try:
+        model = default_face_model(args.bfm, quiet=quiet)
+        recon = Reconstructor(model=model, weights=args.weights, config=config, detector=_optional_detector(),
+                              quiet=quiet)
+        textures = _TextureWriter(model, args.texture_size, buckets) if args.texture else None
+    except (OSError, ValueError, ImportError) as e:
+        raise SetupError(f"set-up failed: {e}") from e
+    return recon, model, textures
+
+
+def _todo(stems, out: Path, overwrite: bool, texture: bool) -> tuple[list[int], int]:
+    """(indices of the photos to reconstruct, how many are done by earlier runs)."""
+    from jaxface import outputs
+
+    kinds = outputs.RESULT_KINDS + (outputs.TEXTURE_KINDS if texture else ())
+    todo = [i for i, s in enumerate(stems) if s is not None and (overwrite or not outputs.outputs_exist(out, s, kinds))]
+    return todo, sum(s is not None for s in stems) - len(todo)
 
 
 class _TextureWriter:
@@ -211,8 +245,22 @@ def reconstruct_cli(argv) -> int:
     if args.steps is not None and (args.steps < 0 or args.steps % every):
         p.error(f"--steps must be 0 or a multiple of {every} (fitting refreshes which triangles are visible "
                 f"every {every} steps), got {args.steps}")
+    if args.ray is None and (args.ray_actors is not None or args.ray_cpus_per_actor is not None
+                             or args.compile_cache is not None):
+        p.error("--ray-actors, --ray-cpus-per-actor and --compile-cache go with --ray")
+    if args.ray_actors is not None and args.ray_actors < 1:
+        p.error("--ray-actors must be at least 1")
+    if args.ray_cpus_per_actor is not None and args.ray_cpus_per_actor <= 0:
+        p.error("--ray-cpus-per-actor must be positive")
     created: list[Path] = []
+    ray_started = False
     try:
+        if args.ray is not None:
+            from jaxface.distributed import ray_data
+
+            # First: the extra and the address are checked before anything loads, and Ray
+            # spawns its processes before JAX starts here.
+            ray_started = ray_data.start_ray(args.ray, quiet=True)
         created = _prepare_out_dir(args.out)
         from jaxface.fileio import remove_stale_temps
 
@@ -223,11 +271,20 @@ def reconstruct_cli(argv) -> int:
     except SetupError as e:
         _remove_empty(created)
         print(f"jaxface reconstruct: {e}", file=sys.stderr)
+        if ray_started:
+            ray_data.stop_ray(ray_started)
         return EXIT_SETUP
     except KeyboardInterrupt:
         _remove_empty(created)
         print("jaxface reconstruct: interrupted during set-up; nothing was reconstructed", file=sys.stderr)
+        if ray_started:
+            ray_data.stop_ray(ray_started)
         return EXIT_INTERRUPTED
+    if args.ray is not None:
+        try:
+            return ray_data.run_cli(args, photos, stems, errors, recon, model, textures, t0)
+        finally:
+            ray_data.stop_ray(ray_started)
     return _run(args, photos, stems, errors, recon, model, textures, t0)
 
 
@@ -251,10 +308,7 @@ def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
             csv_error.append(e)
 
     try:  # from here on an interrupt keeps what is done and says so
-        kinds = outputs.RESULT_KINDS + (outputs.TEXTURE_KINDS if textures else ())
-        todo = [i for i, s in enumerate(stems)
-                if s is not None and (args.overwrite or not outputs.outputs_exist(out, s, kinds))]
-        skipped = sum(s is not None for s in stems) - len(todo)
+        todo, skipped = _todo(stems, out, args.overwrite, textures is not None)
         print(f"model: {model.label}; method: {recon.method}", file=sys.stderr)
         save_failures()  # also replaces the failures of an earlier run
         chunks = [todo[start : start + size] for start in range(0, len(todo), size)]
@@ -273,6 +327,16 @@ def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
         print(f"jaxface reconstruct: interrupted; {done} of {len(todo)} photos reconstructed in this run "
               f"(kept in {out}), {skipped} by earlier runs; rerun the same command to resume", file=sys.stderr)
         return EXIT_INTERRUPTED
+    return _finish(out, failures, done, warned, skipped, csv_error, csv_path,
+                   {"command": "reconstruct", "model": model.label, "method": recon.method, "photos": len(todo),
+                    "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2),
+                    "inputs": {s: str(p.resolve()) for s, p in zip(stems, photos) if s is not None}})
+
+
+def _finish(out: Path, failures, done: int, warned: int, skipped: int, csv_error: list, csv_path: Path,
+            run: dict) -> int:
+    """The end of a run: failure rows printed if failures.csv could not be written, the summary
+    line, the HTML report; returns the exit status."""
     failed = len(failures) - warned
     if csv_error:
         why = csv_error[0].strerror or csv_error[0]
@@ -284,9 +348,7 @@ def _run(args, photos, stems, errors, recon, model, textures, t0: float) -> int:
     print(f"{done} reconstructed{note}, {skipped} already done, {failed} failed -> {out}{see}")
     from jaxface.report import report_after_run
 
-    report_after_run(out, {"command": "reconstruct", "model": model.label, "method": recon.method,
-                           "photos": len(todo), "skipped": skipped, "seconds": round(time.perf_counter() - t0, 2),
-                           "inputs": {s: str(p.resolve()) for s, p in zip(stems, photos) if s is not None}})
+    report_after_run(out, run)
     return EXIT_FAILED if failed else EXIT_OK
 
 
