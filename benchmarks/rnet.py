@@ -17,8 +17,10 @@ import os
 import platform
 import statistics
 import time
+from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from common import alternate, time_compile
@@ -59,9 +61,28 @@ def flax_speed(variables, config: RNetConfig, batches=(16,), dtypes=("float32", 
     return {"images_per_s": {k: round(sizes[k] / t, 1) for k, t in seconds.items()}, "compile_s": compile_s}
 
 
+def native_bf16() -> bool:
+    """Whether this CPU has a bfloat16 dot-product instruction (AVX512-BF16 or AMX-BF16)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def matmul_peak(dtype, n: int = 2048, repeats: int = 7) -> float:
+    """GFLOP/s of XLA's best case here: an n x n x n product (float32 result), best of `repeats`."""
+    rng = np.random.default_rng(0)
+    a, b = (jax.device_put(rng.standard_normal((n, n)).astype(np.float32)).astype(dtype) for _ in range(2))
+    f = jax.jit(lambda x, y: jnp.dot(x, y, preferred_element_type=jnp.float32))
+    f(a, b).block_until_ready()
+    return 2 * n**3 / min(_timed(lambda: f(a, b).block_until_ready()) for _ in range(repeats)) / 1e9
+
+
 def main() -> None:
     import torch
 
+    from jaxface.coeffs import LAYOUT
     from jaxface.rnet.convert import torch_state_to_variables
     from jaxface.rnet.torch_reference import TorchRNet, randomize_
 
@@ -87,17 +108,27 @@ def main() -> None:
         return f
 
     compile_s = {f"float32_b{b}": _timed(run_flax(b)) for b in (1, 16)}
-    compile_s["bfloat16_b16"] = _timed(run_flax(16, bf16))
+    compile_s.update({f"bfloat16_b{b}": _timed(run_flax(b, bf16)) for b in (1, 16)})
     with torch.inference_mode():
         ref = net(torch_inputs[16]).numpy()
-    parity = float(np.abs(np.asarray(run_flax(16)()) - ref).max() / np.abs(ref).max())
-    bf16_dev = float(np.abs(np.asarray(predict(variables, jax_inputs[16], bf16)) - ref).max() / np.abs(ref).max())
+    f32_out = np.asarray(run_flax(16)())
+    bf16_out = np.asarray(predict(variables, jax_inputs[16], bf16))
+    parity = float(np.abs(f32_out - ref).max() / np.abs(ref).max())
+    # bfloat16 against float32, over the whole vector and per coefficient group (id, exp, ...).
+    bf16_err = float(np.abs(bf16_out - f32_out).max() / np.abs(f32_out).max())
+    groups, start = {}, 0
+    for name, width in LAYOUT:
+        a, b = f32_out[:, start:start + width], bf16_out[:, start:start + width]
+        groups[name] = float(f"{np.abs(b - a).max() / np.abs(a).max():.2e}")
+        start += width
+    flops = predict.lower(variables, jax_inputs[1], config).compile().cost_analysis()
+    flops = (flops[0] if isinstance(flops, (list, tuple)) else flops)["flops"]
     run_torch(1)()  # warm-up (oneDNN primitive caches)
     run_torch(16)()
 
     cases = {"flax_b1": (run_flax(1), 1), "torch_b1": (run_torch(1), 1),
              "flax_b16": (run_flax(16), 16), "torch_b16": (run_torch(16), 16),
-             "flax_bf16_b16": (run_flax(16, bf16), 16)}
+             "flax_bf16_b1": (run_flax(1, bf16), 1), "flax_bf16_b16": (run_flax(16, bf16), 16)}
     times: dict[str, list[float]] = {k: [] for k in cases}
     for r in range(args.repeats):
         order = list(cases) if r % 2 == 0 else list(reversed(cases))  # alternate who runs first
@@ -105,19 +136,32 @@ def main() -> None:
             time.sleep(0.2)  # let the other runtime's spinning worker threads go idle first
             times[k].append(_timed(cases[k][0]))
     ips = {k: round(cases[k][1] / statistics.median(v), 2) for k, v in times.items()}
+    peak = {"float32": round(matmul_peak(jnp.float32), 1), "bfloat16": round(matmul_peak(jnp.bfloat16), 1)}
+    gflops = {k: round(v * flops / 1e9, 1) for k, v in ips.items() if k.startswith("flax")}
+    ratio = {"b1": round(ips["flax_b1"] / ips["torch_b1"], 3), "b16": round(ips["flax_b16"] / ips["torch_b16"], 3)}
+    bf16_speedup = round(ips["flax_bf16_b16"] / ips["flax_b16"], 3)
 
     print(json.dumps({
         "benchmark": "rnet_inference_cpu",
         "images_per_s": {
             "flax_f32": {"b1": ips["flax_b1"], "b16": ips["flax_b16"]},
             "torch_f32": {"b1": ips["torch_b1"], "b16": ips["torch_b16"]},
-            "flax_bf16": {"b16": ips["flax_bf16_b16"]},
+            "flax_bf16": {"b1": ips["flax_bf16_b1"], "b16": ips["flax_bf16_b16"]},
         },
-        "flax_over_torch": {"b1": round(ips["flax_b1"] / ips["torch_b1"], 3),
-                            "b16": round(ips["flax_b16"] / ips["torch_b16"], 3)},
-        "target_b16_ratio": 1.0,
+        "flax_over_torch": ratio,
+        "bf16_over_f32_b16": bf16_speedup,
         "compile_s": {k: round(v, 2) for k, v in compile_s.items()},
-        "max_rel_diff_vs_torch": {"float32": float(f"{parity:.2e}"), "bfloat16": float(f"{bf16_dev:.2e}")},
+        "max_rel_diff_vs_torch": {"float32": float(f"{parity:.2e}")},
+        "bf16_vs_f32_max_rel_diff": {"all": float(f"{bf16_err:.2e}"), **groups},
+        "gflop_per_image": round(flops / 1e9, 3),
+        "gflop_per_s": gflops,
+        "matmul_peak_gflop_per_s": peak,
+        "fraction_of_f32_matmul_peak": {k: round(v / peak["float32"], 3) for k, v in gflops.items()
+                                        if "bf16" not in k},
+        "fraction_of_bf16_matmul_peak": {k: round(v / peak["bfloat16"], 3) for k, v in gflops.items() if "bf16" in k},
+        "cpu_native_bf16": native_bf16(),
+        "targets": {"f32_b1_at_least_torch": ratio["b1"] >= 1.0, "f32_b16_at_least_1.3x_torch": ratio["b16"] >= 1.3,
+                    "bf16_b16_at_least_1.3x_f32": bf16_speedup >= 1.3},
         "repeats": args.repeats, "torch_threads": args.threads, "cpus": os.cpu_count(),
         "load_avg_1min": round(os.getloadavg()[0], 2),
         "versions": {"jax": jax.__version__, "torch": torch.__version__, "python": platform.python_version()},
