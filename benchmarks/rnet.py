@@ -136,9 +136,20 @@ def main() -> None:
             time.sleep(0.2)  # let the other runtime's spinning worker threads go idle first
             times[k].append(_timed(cases[k][0]))
     ips = {k: round(cases[k][1] / statistics.median(v), 2) for k, v in times.items()}
+    # Batch 1 as a stream (webcam, video, a loop over photos): calls back to back, in blocks
+    # alternated between the two; the rounds above leave 0.2 s idle before each call instead.
+    streams: dict[str, list[float]] = {"flax_b1": [], "torch_b1": []}
+    for r in range(args.repeats):
+        for k in (list(streams) if r % 2 == 0 else list(reversed(streams))):
+            time.sleep(0.2)
+            for _ in range(3):
+                cases[k][0]()  # wake the runtime's threads
+            streams[k].append(statistics.median(_timed(cases[k][0]) for _ in range(5)))
+    stream_ips = {k: round(1 / statistics.median(v), 2) for k, v in streams.items()}
     peak = {"float32": round(matmul_peak(jnp.float32), 1), "bfloat16": round(matmul_peak(jnp.bfloat16), 1)}
     gflops = {k: round(v * flops / 1e9, 1) for k, v in ips.items() if k.startswith("flax")}
-    ratio = {"b1": round(ips["flax_b1"] / ips["torch_b1"], 3), "b16": round(ips["flax_b16"] / ips["torch_b16"], 3)}
+    ratio = {"b1": round(ips["flax_b1"] / ips["torch_b1"], 3), "b16": round(ips["flax_b16"] / ips["torch_b16"], 3),
+             "b1_stream": round(stream_ips["flax_b1"] / stream_ips["torch_b1"], 3)}
     bf16_speedup = round(ips["flax_bf16_b16"] / ips["flax_b16"], 3)
 
     print(json.dumps({
@@ -147,6 +158,7 @@ def main() -> None:
             "flax_f32": {"b1": ips["flax_b1"], "b16": ips["flax_b16"]},
             "torch_f32": {"b1": ips["torch_b1"], "b16": ips["torch_b16"]},
             "flax_bf16": {"b1": ips["flax_bf16_b1"], "b16": ips["flax_bf16_b16"]},
+            "b1_stream": {"flax_f32": stream_ips["flax_b1"], "torch_f32": stream_ips["torch_b1"]},
         },
         "flax_over_torch": ratio,
         "bf16_over_f32_b16": bf16_speedup,
@@ -160,7 +172,7 @@ def main() -> None:
                                         if "bf16" not in k},
         "fraction_of_bf16_matmul_peak": {k: round(v / peak["bfloat16"], 3) for k, v in gflops.items() if "bf16" in k},
         "cpu_native_bf16": native_bf16(),
-        "targets": {"f32_b1_at_least_torch": ratio["b1"] >= 1.0, "f32_b16_at_least_1.3x_torch": ratio["b16"] >= 1.3,
+        "targets": {"f32_b1_at_least_torch": ratio["b1"] >= 1.0, "f32_b1_stream_at_least_torch": ratio["b1_stream"] >= 1.0, "f32_b16_at_least_1.3x_torch": ratio["b16"] >= 1.3,
                     "bf16_b16_at_least_1.3x_f32": bf16_speedup >= 1.3},
         "repeats": args.repeats, "torch_threads": args.threads, "cpus": os.cpu_count(),
         "load_avg_1min": round(os.getloadavg()[0], 2),

@@ -121,6 +121,27 @@ def test_bfloat16_close_to_float32(converted, crops, flax_out):
     assert err < BF16_TOL
 
 
+@pytest.mark.parametrize("shape", [(2, 112, 112, 8), (1, 111, 111, 4), (1, 7, 8, 3)])
+def test_max_pool_equals_reduce_window(shape):
+    """The nine-slice max pool equals flax's reduce-window pool, values and gradients, in both
+    layouts' padding (torch: 1 each side; slim: 'SAME', padding after for even sizes)."""
+    import flax.linen as nn
+
+    from jaxface.rnet.network import _max_pool
+
+    x = jnp.asarray(np.random.default_rng(0).standard_normal(shape).astype(np.float32))
+    def same(n):  # TF 'SAME' for a 3x3/2 window
+        total = max((-(-n // 2) - 1) * 2 + 3 - n, 0)
+        return total // 2, total - total // 2
+
+    for variant, pads in (("torch", ((1, 1), (1, 1))), ("slim", (same(shape[1]), same(shape[2])))):
+        ref = lambda x: nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)  # noqa: E731
+        np.testing.assert_array_equal(_max_pool(x, variant), ref(x))
+        w = jnp.asarray(np.random.default_rng(1).standard_normal(ref(x).shape).astype(np.float32))
+        grads = [jax.grad(lambda x: jnp.sum(f(x) * w))(x) for f in (lambda x: _max_pool(x, variant), ref)]
+        np.testing.assert_allclose(grads[0], grads[1], atol=1e-6)
+
+
 def test_train_mode_updates_batch_stats(converted, crops):
     _, variables, config = converted
     out, updates = RNet(config).apply(variables, crops, train=True, mutable=["batch_stats"])

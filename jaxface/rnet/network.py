@@ -22,6 +22,7 @@ would make XLA convert and multiply in float32).
 from __future__ import annotations
 
 import dataclasses
+import functools
 from functools import partial
 from typing import Any, Literal
 
@@ -139,7 +140,9 @@ def conv_kxk(x, kernel, stride: int):
 
 
 def _max_pool(x, variant: str):
-    """3x3/2 max pool: torch pads 1 on both sides; slim's 'SAME' pads (total//2, rest)."""
+    """3x3/2 max pool: torch pads 1 on both sides; slim's 'SAME' pads (total//2, rest).
+
+    The maximum of nine strided slices: XLA's CPU reduce-window is slow in bfloat16."""
     if variant == "torch":
         pads = ((1, 1), (1, 1))
     else:
@@ -147,7 +150,10 @@ def _max_pool(x, variant: str):
             total = max((-(-n // 2) - 1) * 2 + 3 - n, 0)
             return (total // 2, total - total // 2)
         pads = (same(x.shape[1]), same(x.shape[2]))
-    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=pads)
+    xp = jnp.pad(x, ((0, 0), *pads, (0, 0)), constant_values=-jnp.inf)
+    ho, wo = (xp.shape[1] - 3) // 2 + 1, (xp.shape[2] - 3) // 2 + 1
+    taps = [xp[:, i : i + 2 * ho - 1 : 2, j : j + 2 * wo - 1 : 2, :] for i in range(3) for j in range(3)]
+    return functools.reduce(jnp.maximum, taps)
 
 
 class Bottleneck(nn.Module):
