@@ -28,6 +28,7 @@ from jaxface import align, paths
 from jaxface.camera import Camera
 from jaxface.coeffs import NUM_COEFFS, Coeffs
 from jaxface.conventions import CROP_SIZE, five_from_68, flip_y
+from jaxface.cpu import kept_awake
 from jaxface.errors import MissingFileError
 from jaxface.fit import FitConfig, fit
 from jaxface.inputs import as_batch, as_rgb_u8, landmark_warnings
@@ -54,6 +55,9 @@ class ReconstructConfig:
         accumulation: faster where the CPU has AVX512-BF16 or AMX, or on a GPU; coefficients
         differ slightly from float32's, README "Speed" gives the measured difference); None
         keeps the weights' own (float32).
+    keep_cpu_awake: on a CPU, keep an idle core from halting while a batch runs
+        (`jaxface.cpu.kept_awake`): the first calls after a pause otherwise run on one core
+        on machines (virtual ones especially) whose idle cores sleep.
     photo_outputs: map the rendering back to photo pixels and blend the overlays
         (`image_rendered`, `image_mask`, `overlays`); False leaves them None (coefficients,
         meshes and crop renderings only).
@@ -65,6 +69,7 @@ class ReconstructConfig:
     refine: FitConfig = FitConfig(landmark_steps=20, photo_steps=60)
     overlay_alpha: float = 0.8
     rnet_dtype: str | None = None
+    keep_cpu_awake: bool = True
     photo_outputs: bool = True
 
     def __post_init__(self):
@@ -296,6 +301,10 @@ class Reconstructor:
 
     def run(self, prepared: "Prepared") -> Reconstruction:
         """Coefficients, formation, rendering and photo-pixel results of a `prepare`d batch."""
+        with kept_awake(self.config.keep_cpu_awake and jax.default_backend() == "cpu"):
+            return self._run(prepared)
+
+    def _run(self, prepared: "Prepared") -> Reconstruction:
         photos, aligned = prepared.photos, prepared.aligned
         status, warnings = list(prepared.status), prepared.warnings
         n = len(status)
