@@ -24,7 +24,13 @@ def data_mesh(devices=None) -> Mesh:
 
 
 def replicate(tree, mesh: Mesh):
-    return jax.device_put(tree, NamedSharding(mesh, P()))
+    """A copy of `tree` on every device of `mesh`. With several processes each must pass the
+    same values (`multihost.check_same` checks the settings they come from once)."""
+    sharding = NamedSharding(mesh, P())
+    if jax.process_count() == 1:
+        return jax.device_put(tree, sharding)
+    # device_put would compare every leaf across processes: one collective per leaf.
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), tree)
 
 
 def batch_sharding(mesh: Mesh) -> NamedSharding:

@@ -43,7 +43,7 @@ from jaxface.synth_data import SceneConfig
 from jaxface.train.checkpoints import (checkpoint_manager, latest_step, restore_checkpoint, restore_meta,
                                       save_checkpoint)
 from jaxface.train.devices import batch_sharding, check_batch_size, data_mesh, local_rows, replicate, to_host
-from jaxface.train.multihost import is_main_process
+from jaxface.train.multihost import check_same, is_main_process
 from jaxface.train.progress import MetricsLog, Progress
 from jaxface.train.step import (IdentityLoss, Rendered, StepSpec, TrainState, coefficient_weights, evaluate,
                                 init_state, train_step)
@@ -215,6 +215,8 @@ def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: s
     spec = make_spec(config, rnet_config, scene,
                      IdentityLoss(identity.net, identity.weight) if identity is not None else None)
     settings = run_settings(config, source, model, identity)
+    check_same({"config": _jsonable(config), "settings": settings, "run": str(run_dir), "resume": resume,
+                "override": override})
     changed = {}
     if resuming:
         manager = checkpoint_manager(run_dir, config.max_to_keep)

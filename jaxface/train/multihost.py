@@ -12,12 +12,15 @@ The run folder must be on a filesystem that all processes see.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import os
 import socket
 import sys
 import threading
 
 import jax
+import numpy as np
 
 # Slack for jax's own deadline: our watchdog fires first and says what happened in one line
 # (XLA ends a process that misses its deadline with an abort and a C++ stack trace).
@@ -110,3 +113,20 @@ def _join_failure(cluster: Cluster) -> str:
 def is_main_process() -> bool:
     """Whether this process writes the run's files (process 0; always true on one process)."""
     return jax.process_index() == 0
+
+
+def check_same(settings: dict) -> None:
+    """Refuse to start unless every process passes the same JSON-able `settings` (with
+    several processes; one comparison of their digests)."""
+    if jax.process_count() == 1:
+        return
+    from jax.experimental import multihost_utils
+
+    digest = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).digest()
+    mine = np.frombuffer(digest, np.uint8)
+    every = np.asarray(multihost_utils.process_allgather(mine))
+    differ = [i for i in range(len(every)) if not np.array_equal(every[i], every[0])]
+    if differ:
+        raise ValueError(f"the processes of this run were started with different settings (process "
+                         f"{differ[0]} differs from process 0); run the same command on every machine, only "
+                         "--process-id changes")
