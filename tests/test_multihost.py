@@ -163,3 +163,15 @@ def test_unreachable_coordinator_and_odd_batch(tmp_path):
     for rc, out, err in odd_results:
         assert rc == 1 and "batch size 3 does not split over the 2 devices" in err and "Traceback" not in err, err
     assert not (tmp_path / "never").exists() and not (tmp_path / "odd").exists()
+
+
+def test_a_process_loads_only_its_rows():
+    """The rows a process loads are the same rows of the whole batch (augmentation included)."""
+    from jaxface.data import PhotoDataset
+    from jaxface.train import batch_sharding, data_mesh, local_rows
+
+    photos = PhotoDataset(Path(__file__).parent / "data" / "images", batch_size=4, seed=1)
+    whole, part = photos.batch(3), photos.batch(3, slice(1, 3))
+    np.testing.assert_array_equal(part.images, whole.images[1:3])
+    np.testing.assert_array_equal(part.landmarks, whole.landmarks[1:3])
+    assert local_rows(batch_sharding(data_mesh(jax.devices()[:1])), 4) == slice(0, 4)
