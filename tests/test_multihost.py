@@ -147,22 +147,26 @@ def test_cluster_flags_are_checked(capsys):
         assert match in err, err
 
 
-def test_unreachable_coordinator_and_odd_batch(tmp_path):
+def test_unreachable_coordinator_odd_batch_other_settings(tmp_path):
     """A process whose coordinator never answers says so in one line (with the timeout) and
-    exits 2; a batch that does not split over both processes' devices is refused by both."""
+    exits 2; a batch that does not split over both processes' devices, or processes started
+    with different settings, are refused by every process before the run folder is made."""
     env = _env(tmp_path / "jax-cache")
     port = _free_port()
     lonely = [*TRAIN, "--out", str(tmp_path / "never"), "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
               "--process-id", "1", "--coordinator-timeout", "2"]
     odd = _cluster(tmp_path / "odd", 2, env, "--batch-size", "3")
-    (rc, out, err), *odd_results = _run_together([(lonely, env), *odd], timeout=120)
+    (cmd0, _), (cmd1, _) = _cluster(tmp_path / "other", 2, env)
+    other = [(cmd0, env), ([*cmd1, "--lr", "2e-4"], env)]
+    (rc, out, err), *refused = _run_together([(lonely, env), *odd, *other], timeout=120)
     lines = [line for line in err.splitlines() if line.strip()]
     assert rc == 2 and "Traceback" not in err, err
     assert lines[-1].startswith(f"jaxface train: error: cannot reach the coordinator 127.0.0.1:{port} within 2 s "
                                 "(process 1 of 2"), err
-    for rc, out, err in odd_results:
-        assert rc == 1 and "batch size 3 does not split over the 2 devices" in err and "Traceback" not in err, err
-    assert not (tmp_path / "never").exists() and not (tmp_path / "odd").exists()
+    for (rc, out, err), message in zip(refused, ["batch size 3 does not split over the 2 devices"] * 2
+                                       + ["started with different settings (process 1 differs from process 0)"] * 2):
+        assert rc == 1 and message in err and "Traceback" not in err, err
+    assert not any((tmp_path / name).exists() for name in ("never", "odd", "other"))
 
 
 def test_a_process_loads_only_its_rows():
