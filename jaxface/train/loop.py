@@ -13,8 +13,9 @@ Settings that change the trajectory (`RESUME_SETTINGS`, the data, the face model
 the checkpoint's unless `override=True`.
 
 Several processes (`jaxface.train.multihost`): every process runs `train` with the same
-arguments; each loads its rows of every batch, all take part in each step, checkpoint and
-validation, and process 0 alone writes train.json, metrics.csv, val/ and rnet/ and logs.
+arguments; each loads its rows of every batch, all take part in each step, checkpoint,
+validation and the export (orbax saves collectively), and process 0 alone writes train.json,
+metrics.csv and val/ and logs.
 """
 
 from __future__ import annotations

@@ -4,8 +4,8 @@ Every process runs the same `jaxface train` command with its own `--process-id`;
 also hosts the coordinator. After `initialize`, `jax.devices()` lists every process's
 devices, so `train`'s data mesh spans them all: each process loads only its rows of the
 global batch (`jaxface.data`, `devices.local_rows`) and the step is the same global-view
-program as on one machine. Process 0 alone writes the run's files (train.json, metrics.csv,
-overlays, the export); checkpoints are written by orbax, which coordinates the processes.
+program as on one machine. Process 0 alone writes train.json, metrics.csv and the overlays;
+checkpoints and the exported network are saved by orbax with every process taking part.
 The run folder must be on a filesystem that all processes see.
 """
 
