@@ -6,6 +6,9 @@ number and `--resume` continues the exact sample stream. Samples are drawn epoch
 in a seeded permutation; augmentation parameters come from `jax.random` keys folded from
 the seed and the sample's global position.
 
+`batch(step, rows)` gives only some rows of that batch (the ones a process of a multi-host
+run places on its devices), equal to the same rows of the whole batch.
+
 Batches use one convention for both sources (`Batch`): RGB crops u8[B, 224, 224, 3]
 (top-down rows, as `align_image` and photo loaders give them) and landmarks in top-down
 crop pixels (x = column, y = row).
@@ -51,7 +54,7 @@ class BatchSource(Protocol):
 
     batch_size: int
 
-    def batch(self, step: int) -> Batch: ...
+    def batch(self, step: int, rows: slice = slice(None)) -> Batch: ...
 
     def validation_batch(self, count: int) -> Batch: ...
 
@@ -133,7 +136,8 @@ class PhotoDataset:
     """Photos with 5- or 68-point detections, aligned like preprocessing (`align_image`).
 
     batch(step) -> Batch: B samples of the seeded epoch permutation at positions
-    step*B ... step*B + B - 1, each augmented with its own key. Aligned crops are cached
+    step*B ... step*B + B - 1, each augmented with its own key; batch(step, rows) loads and
+    augments only those samples (a process's shard of the list). Aligned crops are cached
     (LRU, `cache_size` crops of 150 KB) so later epochs skip the resampling.
     """
 
@@ -188,14 +192,14 @@ class PhotoDataset:
             out[sel] = perm[positions[sel] % n]
         return out
 
-    def batch(self, step: int) -> Batch:
-        idx = self.indices(step)
+    def batch(self, step: int, rows: slice = slice(None)) -> Batch:
+        idx = self.indices(step)[rows]
         u = np.asarray(jax.random.uniform(jax.random.fold_in(self._aug_key, step),
-                                          (self.batch_size, NUM_DRAWS), minval=-1.0, maxval=1.0))
+                                          (self.batch_size, NUM_DRAWS), minval=-1.0, maxval=1.0))[rows]
         images, lms = [], []
-        for i, k in enumerate(idx):
+        for k, draws in zip(idx, u):
             img, lm = self.aligned(int(k))
-            img, lm = augment_crop(img, lm, u[i], self.augment)
+            img, lm = augment_crop(img, lm, draws, self.augment)
             images.append(img)
             lms.append(lm)
         return Batch(np.stack(images), np.stack(lms))
@@ -234,8 +238,11 @@ class SyntheticSource:
         return Batch(to_uint8(s.images), np.asarray(s.landmarks, np.float32),
                      np.asarray(s.coeffs.to_vector(), np.float32))
 
-    def batch(self, step: int) -> Batch:
-        return self._make(jax.random.fold_in(self._train_key, step), self.batch_size)
+    def batch(self, step: int, rows: slice = slice(None)) -> Batch:
+        # One key draws the whole batch (coefficients, backgrounds, noise), so a process
+        # renders all of it and keeps its rows.
+        whole = self._make(jax.random.fold_in(self._train_key, step), self.batch_size)
+        return whole if rows == slice(None) else Batch(*(x[rows] for x in whole))
 
     def validation_batch(self, count: int) -> Batch:
         return self._make(self._val_key, count)
@@ -283,6 +290,11 @@ def prefetch(make: Callable[[int], object], start: int, stop: int, depth: int = 
         thread.join(timeout=5.0)
 
 
-def to_device(batch: Batch, sharding=None) -> Batch:
-    """Place a batch (leading axis sharded when `sharding` is given)."""
-    return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), batch)
+def to_device(batch: Batch, sharding=None, batch_size: int | None = None) -> Batch:
+    """Place a batch (leading axis sharded when `sharding` is given). With `batch_size`,
+    `batch` is this process's rows (`devices.local_rows`) of a global batch of that size, and
+    every process must call this with its rows to form the global arrays."""
+    if batch_size is None:
+        return jax.tree.map(lambda x: jax.device_put(np.asarray(x), sharding), batch)
+    return jax.tree.map(lambda x: jax.make_array_from_process_local_data(
+        sharding, np.asarray(x), (batch_size, *np.shape(x)[1:])), batch)

@@ -21,19 +21,20 @@ from jaxface.train.step import StepSpec, TrainState, init_state
 CHECKPOINTS = "checkpoints"
 
 
-def checkpoint_manager(run_dir: str | Path, max_to_keep: int = 3):
-    """The run's manager; creates RUN/checkpoints."""
+def checkpoint_manager(run_dir: str | Path, max_to_keep: int = 3, create: bool = True):
+    """The run's manager; creates RUN/checkpoints (with several processes, all must call it:
+    creating is a barrier)."""
     import orbax.checkpoint as ocp
 
     path = (Path(run_dir) / CHECKPOINTS).resolve()  # orbax wants absolute paths
-    return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True))
+    return ocp.CheckpointManager(path, options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=create))
 
 
 def latest_step(run_dir: str | Path) -> int | None:
     """The latest checkpointed step of a run, None when it has none; creates nothing."""
     if not (Path(run_dir) / CHECKPOINTS).is_dir():
         return None
-    return checkpoint_manager(run_dir).latest_step()
+    return checkpoint_manager(run_dir, create=False).latest_step()
 
 
 def save_checkpoint(manager, state: TrainState, meta: dict) -> None:
@@ -54,7 +55,7 @@ def restore_checkpoint(manager, like: TrainState, step: int | None = None) -> tu
     step = manager.latest_step() if step is None else step
     if step is None:
         raise FileNotFoundError(f"no checkpoint in {manager.directory}")
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     abstract = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=getattr(a, "sharding", None) or default), like)
     out = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),

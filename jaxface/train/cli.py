@@ -49,7 +49,32 @@ def train_cli(argv=None) -> int:
                    "with the [detect] extra, no download), arcface:DIR (weights from `jaxface convert-identity`), "
                    "none, or auto (default: dlib when the [detect] extra is installed, else none)")
     p.add_argument("--identity-weight", type=float, default=0.2, help="weight of the identity term (default 0.2, SPEC)")
+    multi = p.add_argument_group(
+        "multi-host training", "run the same command on every machine, each with its own --process-id; the global "
+        "--batch-size is split over all processes' devices, --out must be a folder all of them see (process 0 "
+        "writes the run's files)")
+    multi.add_argument("--coordinator", metavar="HOST:PORT", help="address of process 0, which listens on PORT")
+    multi.add_argument("--num-processes", type=int, metavar="N", help="processes in the run")
+    multi.add_argument("--process-id", type=int, metavar="I", help="this process, 0 ... N-1")
+    multi.add_argument("--coordinator-timeout", type=int, default=300, metavar="S",
+                       help="seconds to wait for all processes to join (default 300); then exit with status 2")
     args = p.parse_args(argv)
+    given = [name for name in ("coordinator", "num_processes", "process_id") if getattr(args, name) is not None]
+    if given and len(given) < 3:
+        p.error("multi-host training needs all of --coordinator, --num-processes and --process-id (given: "
+                + ", ".join("--" + g.replace("_", "-") for g in given) + ")")
+    if given:
+        from jaxface.train.multihost import Cluster, ClusterError, initialize
+
+        try:
+            cluster = Cluster(args.coordinator, args.num_processes, args.process_id, args.coordinator_timeout)
+        except ValueError as e:
+            p.error(str(e))
+        try:
+            initialize(cluster)  # before anything runs on a device
+        except ClusterError as e:
+            print(f"jaxface train: error: {e}", file=sys.stderr)
+            return 2
     identity = _identity(args.identity, args.identity_weight, args.synthetic)
 
     from jaxface.model.bfm import bfm_available, load_face_model

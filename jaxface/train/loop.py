@@ -11,6 +11,11 @@ Resume: batches are pure functions of (seed, step) (`jaxface.data`), so the iter
 is the step; `resume=True` restores the latest checkpoint and continues the identical stream.
 Settings that change the trajectory (`RESUME_SETTINGS`, the data, the face model) must match
 the checkpoint's unless `override=True`.
+
+Several processes (`jaxface.train.multihost`): every process runs `train` with the same
+arguments; each loads its rows of every batch, all take part in each step, checkpoint,
+validation and the export (orbax saves collectively), and process 0 alone writes train.json,
+metrics.csv and val/ and logs.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from jaxface.rnet.network import abstract_variables
 from jaxface.synth_data import SceneConfig
 from jaxface.train.checkpoints import (checkpoint_manager, latest_step, restore_checkpoint, restore_meta,
                                       save_checkpoint)
-from jaxface.train.devices import batch_sharding, check_batch_size, data_mesh, replicate
+from jaxface.train.devices import batch_sharding, check_batch_size, data_mesh, local_rows, replicate, to_host
+from jaxface.train.multihost import check_same, is_main_process
 from jaxface.train.progress import MetricsLog, Progress
 from jaxface.train.step import (IdentityLoss, Rendered, StepSpec, TrainState, coefficient_weights, evaluate,
                                 init_state, train_step)
@@ -182,6 +188,9 @@ def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: s
     progress: a tqdm bar on stderr (default: when stderr is a terminal), else `log` lines.
     Everything is checked before RUN is created or written.
     """
+    main = is_main_process()
+    if not main:  # process 0 speaks for the run
+        progress, log = False, _silent
     run_dir = Path(run_dir).resolve()
     check_inputs(config, model, source)
     if identity is not None and config.supervised:
@@ -207,6 +216,8 @@ def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: s
     spec = make_spec(config, rnet_config, scene,
                      IdentityLoss(identity.net, identity.weight) if identity is not None else None)
     settings = run_settings(config, source, model, identity)
+    check_same({"config": _jsonable(config), "settings": settings, "run": str(run_dir), "resume": resume,
+                "override": override})
     changed = {}
     if resuming:
         manager = checkpoint_manager(run_dir, config.max_to_keep)
@@ -245,33 +256,37 @@ def train(config: TrainConfig, model: FaceModel, source: BatchSource, run_dir: s
                "started": _now(), "finished": None, "seconds": 0.0}
     if changed:
         segment["overridden"] = {k: {"was": a, "now": b} for k, (a, b) in changed.items()}
-    record = RunRecord(run_dir / "train.json", info, segment)
+    record = RunRecord(run_dir / "train.json", info, segment) if main else None
     if prov["synthetic"]:
         log(f"note: {SYNTHETIC_WARNING}")
 
     model = replicate(model, mesh)
     identity_vars = replicate(identity.variables, mesh) if identity is not None else None
-    metrics_log = MetricsLog(run_dir / "metrics.csv")
+    metrics_log = MetricsLog(run_dir / "metrics.csv") if main else None
     shard = batch_sharding(mesh)
-    batches = prefetch(lambda s: to_device(source.batch(s), shard), start, config.steps, config.prefetch)
+    rows = local_rows(shard, config.batch_size)
+    batches = prefetch(lambda s: to_device(source.batch(s, rows), shard, config.batch_size), start, config.steps,
+                       config.prefetch)
     meter = Progress(config.steps, config.batch_size, start, sys.stderr.isatty() if progress is None else progress, log)
     try:
         for step, batch in batches:
             state, metrics = train_step(state, batch, model, spec, identity_vars)
             done = step + 1
             row = meter.update(done, metrics, done % config.log_every == 0 or done == config.steps or step == start)
-            if row is not None:
+            if row is not None and main:
                 metrics_log.write(row)
             if done % config.checkpoint_every == 0 or done == config.steps:
                 save_checkpoint(manager, state, {"settings": settings, "position": done * config.batch_size,
                                                  "step": done})
-                record.advance(done)
+                if main:
+                    record.advance(done)
             if val_batch is not None and ((config.val_every and done % config.val_every == 0) or done == config.steps):
                 validate(state, replicate(val_batch, mesh), model, spec, run_dir, metrics_log)
     finally:
         meter.close()
     export = export_rnet(state, rnet_config, run_dir, prov)
-    record.advance(int(state.step), finished=True)
+    if main:
+        record.advance(int(state.step), finished=True)
     log(f"wrote {export}")
     return TrainResult(state, run_dir, export)
 
@@ -297,20 +312,28 @@ def save_overlays(out_dir: Path, step: int, batch: Batch, rendered: Rendered) ->
 
 
 def validate(state: TrainState, batch: Batch, model: FaceModel, spec: StepSpec, run_dir: Path,
-             metrics_log: MetricsLog) -> dict:
-    """Eval-mode terms on the validation batch (logged as split "val") and overlays in RUN/val."""
+             metrics_log: MetricsLog | None) -> dict:
+    """Eval-mode terms on the validation batch (logged as split "val") and overlays in RUN/val;
+    every process evaluates, those without a `metrics_log` write nothing."""
     terms, rendered = evaluate(state.variables, batch, model, spec)
-    values = {k: float(v) for k, v in terms.items()}
-    step = int(state.step)
-    metrics_log.write({"step": step, "split": "val", **values})
-    save_overlays(run_dir / "val", step, jax.device_get(batch), rendered)
+    values = {k: float(v) for k, v in to_host(terms).items()}
+    rendered = to_host(rendered)  # on every process: gathering may take all of them
+    if metrics_log is not None:
+        step = int(state.step)
+        metrics_log.write({"step": step, "split": "val", **values})
+        save_overlays(run_dir / "val", step, to_host(batch), rendered)
     return values
 
 
 def export_rnet(state: TrainState, rnet_config: RNetConfig, run_dir: Path, prov: dict) -> Path:
-    """The trained network in the inference format (`load_rnet`, `jaxface reconstruct --method rnet`)."""
-    variables = jax.device_get(state.variables)
+    """The trained network in the inference format (`load_rnet`, `jaxface reconstruct --method rnet`).
+    With several processes all must call it: orbax's save is collective (process 0 writes the arrays)."""
+    variables = to_host(state.variables)
     return save_rnet(variables, rnet_config, run_dir / "rnet", source={**prov, "steps": int(state.step)})
+
+
+def _silent(message: str) -> None:
+    pass
 
 
 def _jsonable(x):

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-import jax
+from jaxface.train.devices import to_host
 
 METRIC_COLUMNS = ("step", "split", "loss", "photo", "landmark", "reg", "albedo", "gamma", "identity",
                   "coeffs", "images_per_s", "seconds")
@@ -51,7 +51,7 @@ class Progress:
         """After step `done` with its metrics (device scalars)."""
         if self.bar is None and not log_point:
             return None  # no host sync between log points
-        values = {k: float(v) for k, v in jax.device_get(metrics).items()}
+        values = {k: float(v) for k, v in to_host(metrics).items()}
         if not all(math.isfinite(v) for v in values.values()):
             raise FloatingPointError(f"non-finite loss at step {done}: {values}; lower the learning rate "
                                      "or check the data (landmarks, images)")
