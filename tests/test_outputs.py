@@ -153,10 +153,28 @@ def test_obj_round_trip_exact_and_one_based(tmp_path):
     assert first_face == f"f 1 2 {V}"
     assert all(len(ln.split()) == 7 for ln in lines[:5])
     v2, c2, t2 = load_obj(path)
-    np.testing.assert_array_equal(v2, verts)  # %.9g round-trips float32 exactly
+    np.testing.assert_array_equal(v2, verts)  # nine digits round-trip float32 exactly
     np.testing.assert_array_equal(c2, colors)
     np.testing.assert_array_equal(t2, tris)
     assert elapsed < 3.0, f"save_obj took {elapsed:.2f} s for the full mesh"
+
+
+def test_float32_text_round_trips_every_kind_of_float32():
+    """Random bit patterns (normals, subnormals, huge), signed zeros and both sides of every
+    power of ten come back bit for bit through Python's float parser."""
+    from jaxface.outputs.files import float32_text
+
+    rng = np.random.default_rng(0)
+    bits = rng.integers(0, 2**32, 300_000, dtype=np.uint64).astype(np.uint32).view(np.float32)
+    tens = np.float32(10.0) ** np.arange(-45, 39, dtype=np.float32)
+    edges = np.concatenate([tens, np.nextafter(tens, np.float32(np.inf)), np.nextafter(tens, np.float32(0))])
+    x = np.concatenate([bits[np.isfinite(bits)], edges[np.isfinite(edges)], np.float32([0, -0.0, 1e-45, 3.4028235e38])])
+    text = float32_text(x)
+    assert text.shape == (x.size, 15)
+    spaced = np.concatenate([np.full((x.size, 1), ord(" "), np.uint8), text], axis=1)
+    back = np.array([float(t) for t in spaced.tobytes().decode().split()], np.float32)
+    np.testing.assert_array_equal(back, x)
+    assert float32_text(np.float32([1, -0.25, 123456.789])).tobytes() == b" 1.00000000e+00-2.50000000e-01 1.23456789e+05"
 
 
 def test_obj_clips_colours_and_reads_other_writers(tmp_path):

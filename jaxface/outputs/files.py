@@ -224,9 +224,36 @@ def load_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
 
 # ----------------------------------------------------------------------------- .obj
 
-# %.9g round-trips float32 exactly (9 significant digits), so load_obj returns what was written.
-_V_FMT = "v %.9g %.9g %.9g %.9g %.9g %.9g\n"
 _F_FMT = "f %d %d %d\n"
+def float32_text(x: np.ndarray) -> np.ndarray:
+    """Finite float32 values as fixed-width text, u8[N, 15]: sign (space or '-'), nine
+    significant digits in scientific notation ("-1.23456789e-01"). Nine digits round-trip
+    float32 exactly (its spacing is at least 6e-8 relative, theirs at most 1e-8), so a reader
+    gets back the very values written; numpy formats them, no Python loop per number."""
+    a = np.abs(np.asarray(x, np.float32).astype(np.float64)).ravel()
+    nonzero = a > 0
+    e = np.where(nonzero, np.floor(np.log10(np.where(nonzero, a, 1.0))), 0).astype(np.int64)
+    m = np.rint(a / 10.0 ** (e - 8)).astype(np.int64)
+    # log10 can land one decade off next to powers of ten; rounding can carry to 10 digits.
+    low, high = nonzero & (m < 10**8), m >= 10**9
+    e = e - low + high
+    m = np.where(low | high, np.rint(a / 10.0 ** (e - 8)).astype(np.int64), m).astype(np.int32)
+    digits = np.empty((a.size, 9), np.int32)
+    for k in range(8, -1, -1):  # last digit first; int32 division by a scalar is vectorised
+        q = m // 10
+        digits[:, k] = m - 10 * q
+        m = q
+    digits += ord("0")
+    out = np.empty((a.size, 15), np.uint8)
+    out[:, 0] = np.where(np.asarray(x).ravel() < 0, ord("-"), ord(" "))
+    out[:, 1] = digits[:, 0]
+    out[:, 2] = ord(".")
+    out[:, 3:11] = digits[:, 1:]
+    out[:, 11] = ord("e")
+    out[:, 12] = np.where(e < 0, ord("-"), ord("+"))
+    out[:, 13] = np.abs(e) // 10 + ord("0")
+    out[:, 14] = np.abs(e) % 10 + ord("0")
+    return out
 
 
 def format_obj(vertices: np.ndarray, colors: np.ndarray, tris: np.ndarray) -> bytes:
@@ -239,9 +266,13 @@ def format_obj(vertices: np.ndarray, colors: np.ndarray, tris: np.ndarray) -> by
         raise ValueError(f"tris is {t.dtype}{list(t.shape)}; expected integer [T, 3]")
     if t.size and (t.min() < 0 or t.max() >= n):
         raise ValueError(f"tris index vertices {t.min()}..{t.max()}; expected zero-based indices below {n}")
-    # One %-format over the whole array: no Python-level loop per line.
-    vals = np.concatenate([v, c], axis=1).astype(np.float64).ravel().tolist()
-    return ((_V_FMT * n) % tuple(vals)).encode("ascii") + _face_lines(t.astype(np.int64).tobytes())
+    # "v" and six " <number>" fields per line, built as one byte array.
+    lines = np.empty((n, 2 + 6 * 16), np.uint8)
+    lines[:, 0], lines[:, -1] = ord("v"), ord("\n")
+    fields = lines[:, 1:-1].reshape(n, 6, 16)
+    fields[:, :, 0] = ord(" ")
+    fields[:, :, 1:] = float32_text(np.concatenate([v, c], axis=1)).reshape(n, 6, 15)
+    return lines.tobytes() + _face_lines(t.astype(np.int64).tobytes())
 
 
 @functools.lru_cache(maxsize=4)
