@@ -55,9 +55,10 @@ class ReconstructConfig:
         accumulation: faster where the CPU has AVX512-BF16 or AMX, or on a GPU; coefficients
         differ slightly from float32's, README "Speed" gives the measured difference); None
         keeps the weights' own (float32).
-    keep_cpu_awake: on a CPU, keep an idle core from halting while a batch runs
-        (`jaxface.cpu.kept_awake`): the first calls after a pause otherwise run on one core
-        on machines (virtual ones especially) whose idle cores sleep.
+    keep_cpu_awake: on a CPU, keep an idle core from halting during a call
+        (`jaxface.cpu.kept_awake`): a call after a pause otherwise runs partly on one core on
+        machines (virtual ones especially) whose idle cores sleep. (`prepare` and `run`,
+        which a loop calls back to back, go without it.)
     photo_outputs: map the rendering back to photo pixels and blend the overlays
         (`image_rendered`, `image_mask`, `overlays`); False leaves them None (coefficients,
         meshes and crop renderings only).
@@ -274,7 +275,8 @@ class Reconstructor:
         landmarks: f32[N, 5|68, 2] or a list (entries may be None) of pixel coordinates, y down;
             f32[5|68, 2] for a single image.
         """
-        return self.run(self.prepare(images, landmarks))
+        with kept_awake(self.config.keep_cpu_awake and jax.default_backend() == "cpu"):
+            return self.run(self.prepare(images, landmarks))
 
     def prepare(self, images, landmarks=None) -> "Prepared":
         """Load, check and align a batch (host work only: it can run in a thread while the
@@ -301,10 +303,6 @@ class Reconstructor:
 
     def run(self, prepared: "Prepared") -> Reconstruction:
         """Coefficients, formation, rendering and photo-pixel results of a `prepare`d batch."""
-        with kept_awake(self.config.keep_cpu_awake and jax.default_backend() == "cpu"):
-            return self._run(prepared)
-
-    def _run(self, prepared: "Prepared") -> Reconstruction:
         photos, aligned = prepared.photos, prepared.aligned
         status, warnings = list(prepared.status), prepared.warnings
         n = len(status)
