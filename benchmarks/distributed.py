@@ -15,6 +15,7 @@ photos. Target: the Ray path keeps at least 90% of the one-process throughput.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -72,8 +73,9 @@ def ray_run(folder: Path, out: Path, weights: str, batch: int, actors: int, cpus
     from jaxface.distributed import reconstruct_dataset
 
     t = time.perf_counter()
-    run = reconstruct_dataset([folder], out, method="rnet", weights=weights, batch_size=batch, actors=actors,
-                              cpus_per_actor=cpus, compile_cache=cache, overwrite=overwrite)
+    with contextlib.redirect_stdout(sys.stderr):  # the run's summary line; stdout is the JSON line
+        run = reconstruct_dataset([folder], out, method="rnet", weights=weights, batch_size=batch, actors=actors,
+                                  cpus_per_actor=cpus, compile_cache=cache, overwrite=overwrite)
     if run.done != len(list(folder.glob("*.jpg"))):
         raise RuntimeError(f"Ray run reconstructed {run.done} photos, {run.failed} failed")
     return {"actors": actors, "cpus_per_actor": cpus, "wall_s": round(time.perf_counter() - t, 2),
