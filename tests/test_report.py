@@ -14,7 +14,7 @@ import pytest
 from report_fixtures import ANGLES, CROP_RGB, HOSTILE, PHOTO_RGB, make_output_folder
 
 from jaxface.cli import main
-from jaxface.outputs import load_obj
+from jaxface.outputs import load_obj, save_obj
 from jaxface.report import mesh_payload, write_report
 from jaxface.report.assets import QUANT, THUMB_PX, asset_names
 
@@ -142,7 +142,10 @@ def test_rebuild_keeps_fresh_files_and_follows_changes(tmp_path):
     write_report(out)
     assert {p: p.stat().st_mtime_ns for p in stamp} == stamp
     # A redone result is converted again; a removed one leaves the page and its files.
-    (out / "quad_mesh.obj").write_text((out / "quad_mesh.obj").read_text().replace("v -1 -1 0", "v -3 -1 0"))
+    v, c, t = load_obj(out / "quad_mesh.obj")
+    assert v[:, 0].min() == -1.0
+    v[v[:, 0] == -1.0, 0] = -3.0
+    save_obj(out / "quad_mesh.obj", v, c, t)
     os.utime(out / "quad_mesh.obj", ns=(stamp[mesh] + 10**9,) * 2)
     for suffix in (".mat", "_mesh.obj", "_overlay.png"):
         (out / f"grid{suffix}").unlink()
