@@ -28,7 +28,6 @@ from jaxface import align, paths
 from jaxface.camera import Camera
 from jaxface.coeffs import NUM_COEFFS, Coeffs
 from jaxface.conventions import CROP_SIZE, five_from_68, flip_y
-from jaxface.cpu import kept_awake
 from jaxface.errors import MissingFileError
 from jaxface.fit import FitConfig, fit
 from jaxface.inputs import as_batch, as_rgb_u8, landmark_warnings
@@ -55,10 +54,6 @@ class ReconstructConfig:
         accumulation: faster where the CPU has AVX512-BF16 or AMX, or on a GPU; coefficients
         differ slightly from float32's, README "Speed" gives the measured difference); None
         keeps the weights' own (float32).
-    keep_cpu_awake: on a CPU, keep an idle core from halting during a call
-        (`jaxface.cpu.kept_awake`): a call after a pause otherwise runs partly on one core on
-        machines (virtual ones especially) whose idle cores sleep. (`prepare` and `run`,
-        which a loop calls back to back, go without it.)
     photo_outputs: map the rendering back to photo pixels and blend the overlays
         (`image_rendered`, `image_mask`, `overlays`); False leaves them None (coefficients,
         meshes and crop renderings only).
@@ -70,7 +65,6 @@ class ReconstructConfig:
     refine: FitConfig = FitConfig(landmark_steps=20, photo_steps=60)
     overlay_alpha: float = 0.8
     rnet_dtype: str | None = None
-    keep_cpu_awake: bool = True
     photo_outputs: bool = True
 
     def __post_init__(self):
@@ -275,8 +269,7 @@ class Reconstructor:
         landmarks: f32[N, 5|68, 2] or a list (entries may be None) of pixel coordinates, y down;
             f32[5|68, 2] for a single image.
         """
-        with kept_awake(self.config.keep_cpu_awake and jax.default_backend() == "cpu"):
-            return self.run(self.prepare(images, landmarks))
+        return self.run(self.prepare(images, landmarks))
 
     def prepare(self, images, landmarks=None) -> "Prepared":
         """Load, check and align a batch (host work only: it can run in a thread while the
