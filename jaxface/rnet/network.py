@@ -212,11 +212,12 @@ class RNet(nn.Module):
     def __call__(self, x, train: bool = False):
         cfg = self.config
         dtype = cfg.jnp_dtype
-        x = x.astype(dtype)
-        x = ConvKxK(64, 7, 2, dtype=dtype, name="conv1")(x)
+        # The stem stays float32 in either dtype: with 3 input channels bfloat16 gains nothing
+        # there, and its conversions cost.
+        x = ConvKxK(64, 7, 2, dtype=jnp.float32, name="conv1")(x.astype(jnp.float32))
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=cfg.bn_eps,
-                         dtype=dtype, param_dtype=jnp.float32, name="bn1")(x)
-        x = _max_pool(nn.relu(x), cfg.variant)
+                         dtype=jnp.float32, param_dtype=jnp.float32, name="bn1")(x)
+        x = _max_pool(nn.relu(x), cfg.variant).astype(dtype)
         for i, ((width, _), strides) in enumerate(zip(STAGES, unit_strides(cfg.variant))):
             for j, s in enumerate(strides):
                 x = Bottleneck(width, s, project=(j == 0), bn_eps=cfg.bn_eps, dtype=dtype,
