@@ -6,7 +6,9 @@ import json
 import os
 import platform
 import statistics
+import shutil
 import time
+from pathlib import Path
 
 import jax
 
@@ -57,3 +59,18 @@ def machine() -> dict:
 
 def emit(name: str, figures: dict) -> None:
     print(json.dumps({"benchmark": name, **figures, "machine": machine()}), flush=True)
+
+
+TEST_IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
+
+
+def photo_folder(folder: Path, n: int) -> list[Path]:
+    """`n` photo files with their 5-point `.txt` in `folder`: copies of the test photos."""
+    sources = sorted(TEST_IMAGES.glob("*.jpg"))
+    paths = []
+    for i in range(n):
+        src, dst = sources[i % len(sources)], folder / f"p{i:05d}.jpg"
+        shutil.copyfile(src, dst)
+        shutil.copyfile(src.with_suffix(".txt"), dst.with_suffix(".txt"))
+        paths.append(dst)
+    return paths

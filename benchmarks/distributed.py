@@ -17,29 +17,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import shutil
 import sys
 import tempfile
 import time
 from pathlib import Path
 
-from common import emit
-
-IMAGES = Path(__file__).resolve().parent.parent / "tests" / "data" / "images"
-
-
-def make_photos(folder: Path, n: int) -> list[Path]:
-    """n photos (copies of the test photos with their landmarks) in `folder`."""
-    src = sorted(IMAGES.glob("*.jpg"))
-    out = []
-    for i in range(n):
-        p = src[i % len(src)]
-        dst = folder / f"p{i:05d}.jpg"
-        shutil.copy(p, dst)
-        shutil.copy(p.with_suffix(".txt"), dst.with_suffix(".txt"))
-        out.append(dst)
-    return out
-
+from common import emit, photo_folder
 
 def one_process(photos, out: Path, weights: str, batch: int) -> dict:
     """The one-process command's loop (jaxface.reconstruct_cli: _build, then _pipeline, which
@@ -107,7 +90,7 @@ def main():
             weights = tmp / "weights"
             save_rnet(init_rnet(jax.random.key(0), RNetConfig()), RNetConfig(), weights)
             (tmp / "in").mkdir()
-            photos = make_photos(tmp / "in", args.photos)
+            photos = photo_folder(tmp / "in", args.photos)
             result["one_process"] = one_process(photos, tmp / "single", str(weights), args.batch_size)
             print("one process done", file=sys.stderr)
             cache = tmp / "jax-cache"

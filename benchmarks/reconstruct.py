@@ -27,7 +27,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from common import alternate, emit, time_compile
+from common import alternate, emit, photo_folder, time_compile
 from jaxface import align
 from jaxface.camera import Camera
 from jaxface.coeffs import Coeffs
@@ -123,21 +123,6 @@ def reconstruct_speed(model, weights, batch: int, repeats: int = 5) -> dict:
         "ms_per_image": round(1e3 * total / batch, 2),
         "stage_ms_per_image": {k: round(1e3 * v / batch, 2) for k, v in stages.items()},
     }
-
-
-def photo_folder(folder: Path, n: int) -> list[Path]:
-    """`n` photo files with their 5-point `.txt` (copies of the test photos) in `folder`."""
-    import shutil
-
-    sources = sorted(IMAGES.glob("*.jpg"))
-    paths = []
-    for i in range(n):
-        src = sources[i % len(sources)]
-        dst = folder / f"p{i:04d}.jpg"
-        shutil.copyfile(src, dst)
-        shutil.copyfile(src.with_suffix(".txt"), dst.with_suffix(".txt"))
-        paths.append(dst)
-    return paths
 
 
 def outputs_speed(model, weights, batch: int = 16, n_photos: int = 64, repeats: int = 3) -> dict:
