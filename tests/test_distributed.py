@@ -13,6 +13,11 @@ import pytest
 from jaxface.cli import main
 from jaxface.outputs import load_mat, read_failures_csv, read_manifest
 
+# This test process has run JAX before Ray spawns its raylet (fork + exec, harmless); the
+# command itself starts Ray first. Ray Data's own config warns about its deprecated options.
+pytestmark = [pytest.mark.filterwarnings("ignore:os.fork\\(\\) was called:RuntimeWarning"),
+              pytest.mark.filterwarnings("ignore::DeprecationWarning:ray.data.context")]
+
 DATA = Path(__file__).parent / "data" / "images"
 # Four photos and a broken one, batch 2: batches [2 photos] [2 photos] [broken], so both runs
 # compile one bucket only; 10 fitting steps (the one-process tests' schedule).
