@@ -30,37 +30,17 @@ from jaxface import paths
 from jaxface.fileio import atomic_path
 from jaxface.model import bfm
 from jaxface.model.face_model import FaceModel
+from jaxface.model.uv import boundary_loops
 
 VERSION = 5  # bump when the generator changes: the cache key includes it
 _MM = 0.01  # one millimetre in model units (decimetres)
-
-
-def _boundary_loop(tris: np.ndarray) -> np.ndarray:
-    """Vertices of the longest boundary loop, in order."""
-    edges = np.concatenate([tris[:, [0, 1]], tris[:, [1, 2]], tris[:, [2, 0]]])
-    key = np.sort(edges, axis=1)
-    uniq, counts = np.unique(key, axis=0, return_counts=True)
-    boundary = {tuple(e) for e in uniq[counts == 1]}
-    # Keep the mesh orientation of each boundary edge to walk loops consistently.
-    nxt = {int(a): int(b) for a, b in edges if (min(a, b), max(a, b)) in boundary}
-    loops, seen = [], set()
-    for start in nxt:
-        if start in seen:
-            continue
-        loop, v = [], start
-        while v not in seen:
-            seen.add(v)
-            loop.append(v)
-            v = nxt[v]
-        loops.append(loop)
-    return np.asarray(max(loops, key=len))
 
 
 def tutte_layout(tris: np.ndarray, n: int, aspect: float = 1.3) -> np.ndarray:
     """Tutte embedding f64[n, 2] of a disk-like mesh: its longest boundary loop on an ellipse
     (x radius 1, y radius `aspect`) by arc length, interior = mean of neighbours. Walking the
     loop along the triangles' own edge directions keeps every triangle's orientation."""
-    loop = _boundary_loop(tris)
+    loop = boundary_loops(tris)[0]
     i = np.concatenate([tris[:, 0], tris[:, 1], tris[:, 2], tris[:, 1], tris[:, 2], tris[:, 0]])
     j = np.concatenate([tris[:, 1], tris[:, 2], tris[:, 0], tris[:, 0], tris[:, 1], tris[:, 2]])
     adj = sp.coo_matrix((np.ones(len(i)), (i, j)), shape=(n, n)).tocsr()

@@ -39,7 +39,7 @@ def boundary_loops(tris) -> list[np.ndarray]:
     if len(nxt) != len(border):
         raise ValueError("the mesh boundary touches itself at a vertex (a bow tie); a UV map needs a manifold mesh")
     loops, seen = [], set()
-    for start in sorted(nxt):
+    for start in nxt:  # each loop starts where the triangles' edge order first meets it
         if start in seen:
             continue
         loop, v = [], start
