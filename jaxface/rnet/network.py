@@ -129,14 +129,11 @@ class ConvKxK(nn.Module):
             "kernel", nn.initializers.variance_scaling(2.0, "fan_out", "normal"),
             (k, k, x.shape[-1], self.features), jnp.float32,
         )
-        return conv_kxk(x.astype(self.dtype), kernel.astype(self.dtype), self.stride)
-
-
-def conv_kxk(x, kernel, stride: int):
-    """KxK convolution, padding (K-1)//2 each side: f[B, H, W, Cin], f[K, K, Cin, Cout] -> f[B, H', W', Cout]."""
-    pad = (kernel.shape[0] - 1) // 2
-    return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
-                                        dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32)
+        pad = (k - 1) // 2
+        return jax.lax.conv_general_dilated(
+            x.astype(self.dtype), kernel.astype(self.dtype), (self.stride, self.stride), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"), preferred_element_type=jnp.float32,
+        )
 
 
 def _max_pool(x, variant: str):
@@ -214,7 +211,7 @@ class RNet(nn.Module):
         dtype = cfg.jnp_dtype
         # The stem stays float32 in either dtype: with 3 input channels bfloat16 gains nothing
         # there, and its conversions cost.
-        x = ConvKxK(64, 7, 2, dtype=jnp.float32, name="conv1")(x.astype(jnp.float32))
+        x = ConvKxK(64, 7, 2, dtype=jnp.float32, name="conv1")(x)
         x = nn.BatchNorm(use_running_average=not train, momentum=0.9, epsilon=cfg.bn_eps,
                          dtype=jnp.float32, param_dtype=jnp.float32, name="bn1")(x)
         x = _max_pool(nn.relu(x), cfg.variant).astype(dtype)
