@@ -4,7 +4,8 @@ formation -> rendering -> results in photo pixels [-> result files].
 Prints one JSON line: images/second at batch 1 and 16 with a per-stage breakdown, compile
 time separate, and `with_outputs`: photo files in, `.mat`/`.obj`/overlay files out as
 `jaxface reconstruct` runs (loading the next batch, the network and writing the previous
-batch overlap), against the same work done one stage after another in the same process.
+batch overlap), against the same work done one stage after another in the same process;
+`batch1_after_pause`: one photo after 0.2 s idle, XLA's CPU workers pinned (the default) or not.
 Targets on 2 CPU cores: at least 12 images/s at batch 16 with outputs, and no stage slower
 than the figures of issue #24 (`ISSUE_STAGE_MS`). `device_pipeline`
 (aligned crops -> R-Net -> formation [-> rendering] as one program, no host stages) is what
@@ -125,6 +126,27 @@ def reconstruct_speed(model, weights, batch: int, repeats: int = 5) -> dict:
     }
 
 
+def after_pause(model, weights, repeats: int = 7, pause_s: float = 0.2) -> dict:
+    """One photo, one call after `pause_s` idle (a notebook, an interactive tool): median ms
+    with XLA's CPU workers pinned one per core during the call (the default) and without,
+    alternated call by call."""
+    images, lms = photos(1)
+    recons = {name: Reconstructor(model=model, weights=weights, quiet=True,
+                                  config=ReconstructConfig(method="rnet", buckets=(1,), pin_cpu_workers=pin))
+              for name, pin in (("pinned", True), ("unpinned", False))}
+    times = {name: [] for name in recons}
+    for r in recons.values():
+        r(images, lms)
+    for _ in range(repeats):
+        for name, r in recons.items():
+            time.sleep(pause_s)
+            t = time.perf_counter()
+            r(images, lms)
+            times[name].append(time.perf_counter() - t)
+    ms = {name: round(1e3 * statistics.median(v), 1) for name, v in times.items()}
+    return {"pause_s": pause_s, "ms": ms, "unpinned_over_pinned": round(ms["unpinned"] / ms["pinned"], 2)}
+
+
 def outputs_speed(model, weights, batch: int = 16, n_photos: int = 64, repeats: int = 3) -> dict:
     """Photo files -> result files, as `jaxface reconstruct` does (`reconstruct_cli._pipeline`),
     against the same calls one after another (prepare, run, write), alternated in this process."""
@@ -178,6 +200,7 @@ def main():
         for batch in (1, 16):
             result[f"batch{batch}"] = reconstruct_speed(model, tmp, batch, args.repeats)
         result["with_outputs"] = outputs_speed(model, tmp, 16, repeats=args.repeats)
+        result["batch1_after_pause"] = after_pause(model, tmp)
     stages = result["batch16"]["stage_ms_per_image"]
     result["issue_stage_ms"] = ISSUE_STAGE_MS
     result["targets"] = {

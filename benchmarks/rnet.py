@@ -3,7 +3,8 @@
 Prints ONE JSON line. Both run in this process on the same converted weights, alternating
 run by run (other work on the machine then hits both alike); figures are medians. Each timed
 call follows 0.2 s idle, as a single interactive call does; `b1_stream` times calls back to
-back (video, a loop over photos).
+back (video, a loop over photos). Flax runs with XLA's workers pinned one per core, as
+`Reconstructor` runs it (`jaxface.cpu.pinned`); `b1_unpinned` is batch 1 without.
 FLOPs come from XLA's cost analysis; the peak is a 2048^3 matmul timed here. Targets (issue
 #24): batch 1 >= torch, batch 16 >= 1.3x torch, bfloat16 >= 1.3x float32 at batch 16.
 Needs torch (`pip install 'jaxface[torch]'`). `flax_speed` (Flax alone, no torch) is what
@@ -15,6 +16,7 @@ Needs torch (`pip install 'jaxface[torch]'`). `flax_speed` (Flax alone, no torch
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -28,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from common import alternate, time_compile
+from jaxface import cpu
 from jaxface.rnet.network import RNetConfig, predict
 
 
@@ -45,9 +48,13 @@ def random_crops(batch: int, seed: int = 0, dtype=np.float32) -> jax.Array:
     return jax.device_put(rng.uniform(0, 1, (batch, 224, 224, 3)).astype(dtype))
 
 
-def flax_run(variables, images, config: RNetConfig):
-    """A callable running `predict` once on device-resident `images` and waiting for it."""
-    return lambda: predict(variables, images, config).block_until_ready()
+def flax_run(variables, images, config: RNetConfig, pin: bool = True):
+    """A callable running `predict` once on device-resident `images` and waiting for it, with
+    XLA's CPU workers pinned one per core as `Reconstructor` runs it (`pin`, CPU only)."""
+    def run():
+        with cpu.pinned() if pin and jax.default_backend() == "cpu" else contextlib.nullcontext():
+            return predict(variables, images, config).block_until_ready()
+    return run
 
 
 def flax_speed(variables, config: RNetConfig, batches=(16,), dtypes=("float32", "bfloat16"), repeats: int = 7) -> dict:
@@ -102,8 +109,8 @@ def main() -> None:
     jax_inputs = {b: random_crops(b) for b in (1, 16)}
     torch_inputs = {b: torch.from_numpy(np.array(x)).permute(0, 3, 1, 2).contiguous() for b, x in jax_inputs.items()}
 
-    def run_flax(b, cfg=config):
-        return flax_run(variables, jax_inputs[b], cfg)
+    def run_flax(b, cfg=config, pin=True):
+        return flax_run(variables, jax_inputs[b], cfg, pin)
 
     def run_torch(b):
         def f():
@@ -130,7 +137,7 @@ def main() -> None:
     run_torch(1)()  # warm-up (oneDNN primitive caches)
     run_torch(16)()
 
-    cases = {"flax_b1": (run_flax(1), 1), "torch_b1": (run_torch(1), 1),
+    cases = {"flax_b1": (run_flax(1), 1), "torch_b1": (run_torch(1), 1), "flax_b1_unpinned": (run_flax(1, pin=False), 1),
              "flax_b16": (run_flax(16), 16), "torch_b16": (run_torch(16), 16),
              "flax_bf16_b1": (run_flax(1, bf16), 1), "flax_bf16_b16": (run_flax(16, bf16), 16)}
     times: dict[str, list[float]] = {k: [] for k in cases}
@@ -153,13 +160,14 @@ def main() -> None:
     peak = {"float32": round(matmul_peak(jnp.float32), 1), "bfloat16": round(matmul_peak(jnp.bfloat16), 1)}
     gflops = {k: round(v * flops / 1e9, 1) for k, v in ips.items() if k.startswith("flax")}
     ratio = {"b1": round(ips["flax_b1"] / ips["torch_b1"], 3), "b16": round(ips["flax_b16"] / ips["torch_b16"], 3),
-             "b1_stream": round(stream_ips["flax_b1"] / stream_ips["torch_b1"], 3)}
+             "b1_stream": round(stream_ips["flax_b1"] / stream_ips["torch_b1"], 3),
+             "b1_unpinned": round(ips["flax_b1_unpinned"] / ips["torch_b1"], 3)}
     bf16_speedup = round(ips["flax_bf16_b16"] / ips["flax_b16"], 3)
 
     print(json.dumps({
         "benchmark": "rnet_inference_cpu",
         "images_per_s": {
-            "flax_f32": {"b1": ips["flax_b1"], "b16": ips["flax_b16"]},
+            "flax_f32": {"b1": ips["flax_b1"], "b1_unpinned": ips["flax_b1_unpinned"], "b16": ips["flax_b16"]},
             "torch_f32": {"b1": ips["torch_b1"], "b16": ips["torch_b16"]},
             "flax_bf16": {"b1": ips["flax_bf16_b1"], "b16": ips["flax_bf16_b16"]},
             "b1_stream": {"flax_f32": stream_ips["flax_b1"], "torch_f32": stream_ips["torch_b1"]},

@@ -13,6 +13,7 @@ Batches are padded to a few bucket sizes so varying batch sizes reuse compiled p
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import sys
@@ -24,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxface import align, paths
+from jaxface import align, cpu, paths
 from jaxface.camera import Camera
 from jaxface.coeffs import NUM_COEFFS, Coeffs
 from jaxface.conventions import CROP_SIZE, five_from_68, flip_y
@@ -57,6 +58,9 @@ class ReconstructConfig:
     photo_outputs: map the rendering back to photo pixels and blend the overlays
         (`image_rendered`, `image_mask`, `overlays`); False leaves them None (coefficients,
         meshes and crop renderings only).
+    pin_cpu_workers: on a CPU backend, pin XLA's worker threads one per core while a batch
+        runs (`jaxface.cpu.pinned`): the first call after a pause is otherwise slow on
+        virtual machines. Results are the same either way.
     """
 
     method: str = "auto"
@@ -66,6 +70,7 @@ class ReconstructConfig:
     overlay_alpha: float = 0.8
     rnet_dtype: str | None = None
     photo_outputs: bool = True
+    pin_cpu_workers: bool = True
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -296,6 +301,11 @@ class Reconstructor:
 
     def run(self, prepared: "Prepared") -> Reconstruction:
         """Coefficients, formation, rendering and photo-pixel results of a `prepare`d batch."""
+        pin = self.config.pin_cpu_workers and jax.default_backend() == "cpu"
+        with cpu.pinned() if pin else contextlib.nullcontext():
+            return self._run(prepared)
+
+    def _run(self, prepared: "Prepared") -> Reconstruction:
         photos, aligned = prepared.photos, prepared.aligned
         status, warnings = list(prepared.status), prepared.warnings
         n = len(status)

@@ -1,0 +1,90 @@
+"""XLA's CPU worker threads, one per core while a call runs.
+
+On a virtual machine, Linux does not wake a thread onto a virtual CPU whose host thread is
+asleep (the hypervisor reports it as preempted). After a pause of ~0.1 s both cores' host
+threads sleep, so every worker XLA wakes for the next call lands on the core that woke it,
+and they share that core until the load balancer moves one, tens of milliseconds later. A thread
+pinned to one core is woken there whatever the hint says. `pinned` pins each worker to its
+own core for the duration of a block and restores the previous affinity after, so JAX work
+outside the block is scheduled as before.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import threading
+from typing import Sequence
+
+
+def can_pin() -> bool:
+    """Whether pinning does anything here: Linux thread affinity and more than one allowed core."""
+    return hasattr(os, "sched_setaffinity") and len(os.sched_getaffinity(0)) > 1
+
+
+POOL_THREAD_NAME = "tf_XLAEigen"  # XLA's CPU client names its intra-op pool "XLAEigen"
+
+
+def xla_workers() -> tuple[int, ...]:
+    """Native ids of XLA's intra-op worker threads in this process (one per core), by name;
+    empty before JAX has started its CPU backend, where the name is not found, or off Linux."""
+    if not os.path.isdir("/proc/self/task"):
+        return ()
+    found = []
+    for tid in os.listdir("/proc/self/task"):
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                if f.read().strip() == POOL_THREAD_NAME:
+                    found.append(int(tid))
+        except (OSError, ValueError):
+            pass  # the thread ended meanwhile
+    return tuple(sorted(found))
+
+
+# Affinity is per process: blocks entered from several threads pin once and restore once.
+_lock = threading.Lock()
+_state = {"depth": 0, "saved": []}
+
+
+def _pin(threads: Sequence[int]) -> list:
+    cores = sorted(os.sched_getaffinity(0))
+    saved = []
+    for i, tid in enumerate(threads):
+        try:
+            previous = os.sched_getaffinity(tid)
+            os.sched_setaffinity(tid, {cores[i % len(cores)]})
+            saved.append((tid, previous))
+        except OSError:
+            pass  # ended, or not ours to pin
+    return saved
+
+
+def _restore(saved: list) -> None:
+    for tid, previous in saved:
+        try:
+            os.sched_setaffinity(tid, previous)
+        except OSError:
+            pass
+
+
+@contextlib.contextmanager
+def pinned(threads: Sequence[int] | None = None):
+    """While the block runs, thread `threads[i]` (default: `xla_workers()`) may run only on the
+    i-th core this process may use (round robin); each gets its previous affinity back when
+    the last open block ends. Threads that have ended are skipped; a no-op where `can_pin()`
+    is False."""
+    if not can_pin():
+        yield
+        return
+    with _lock:
+        if _state["depth"] == 0:
+            _state["saved"] = _pin(xla_workers() if threads is None else threads)
+        _state["depth"] += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _state["depth"] -= 1
+            if _state["depth"] == 0:
+                _restore(_state["saved"])
+                _state["saved"] = []
