@@ -1,12 +1,12 @@
 """XLA's CPU worker threads, one per core while a call runs.
 
-On a virtual machine, Linux does not wake a thread onto a virtual CPU whose host thread is
-asleep (the hypervisor reports it as preempted). After a pause of ~0.1 s both cores' host
-threads sleep, so every worker XLA wakes for the next call lands on the core that woke it,
-and they share that core until the load balancer moves one, tens of milliseconds later. A thread
-pinned to one core is woken there whatever the hint says. `pinned` pins each worker to its
-own core for the duration of a block and restores the previous affinity after, so JAX work
-outside the block is scheduled as before.
+Virtual machines may wake a thread on a busy virtual CPU rather than on one that has halted
+(to let it stay halted, or because the hypervisor reports it preempted). After a pause every
+worker XLA wakes for the next call then lands on the core that woke it, and they share that
+core until the load balancer moves one, tens of milliseconds later. A thread pinned to one
+core is woken there. `pinned` pins each worker to its own core for the duration of a block
+and restores the previous affinity after, so JAX work outside the block is scheduled as
+before.
 """
 
 from __future__ import annotations
