@@ -33,6 +33,7 @@ import numpy as np
 from scipy import sparse
 
 from jaxface.conventions import CROP_SIZE, five_from_68
+from jaxface.fileio import checked_file
 from jaxface.paths import index_file
 
 RESCALE_FACTOR = 102.0
@@ -134,14 +135,7 @@ def load_image(path: str | os.PathLike) -> np.ndarray:
     """
     import cv2
 
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image {path} not found")
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"image {path} is an empty file")
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"image {path} is {size / 2**20:.0f} MB; refusing files over {MAX_FILE_BYTES >> 20} MB")
+    path = checked_file(path, "image", MAX_FILE_BYTES)
     data = path.read_bytes()
     dims = _header_size(data)
     if dims is not None and dims[0] * dims[1] > MAX_PIXELS:

@@ -1,4 +1,5 @@
-"""Atomic writes: a temp file in the destination folder, then rename, so nothing is half-written.
+"""Files in and out: size checks before reading a file users bring, and atomic writes (a
+temp file in the destination folder, then rename, so nothing is half-written).
 
 Temp files are named `.NAME.jaxface-PID-RANDOM.partial.SUFFIX` (PID: the writing process).
 A process killed mid-write (SIGKILL, power loss) leaves one behind; `remove_stale_temps`
@@ -17,6 +18,32 @@ from pathlib import Path
 TEMP_MARK = ".partial"
 _TEMP_RE = re.compile(r"^\..+\.jaxface-(?P<pid>\d+)-[A-Za-z0-9_]+\.partial(\.[^.]*)?$")
 STALE_AFTER_S = 24 * 3600  # no write takes a day: covers writers on other hosts and reused PIDs
+
+
+def _size_text(n: int) -> str:
+    return f"{n / 2**30:.1f} GB" if n >= 1 << 30 else f"{n / 2**20:.0f} MB" if n >= 1 << 20 else f"{n} bytes"
+
+
+def checked_file(path, what: str, max_bytes: int, *, typical: str = "", missing: str = "",
+                 error: type[Exception] = ValueError) -> Path:
+    """`path` as a Path once it is known to be a non-empty file of at most `max_bytes`,
+    checked before anything is read (files users bring are untrusted).
+
+    what: names the file in messages ("image", "result file", "epoch_20.pth").
+    typical: what such a file usually is ("a result .mat is a few MB"), said when refusing.
+    missing: what to do when the file is not there (FileNotFoundError).
+    error: the exception type for an empty or oversized file.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {path} not found" + (f"; {missing}" if missing else ""))
+    size = path.stat().st_size
+    why = "; " + typical if typical else ""
+    if size == 0:
+        raise error(f"{what} {path} is an empty file{why}")
+    if size > max_bytes:
+        raise error(f"{what} {path} is {_size_text(size)}{why}; refusing files over {_size_text(max_bytes)}")
+    return path
 
 
 def is_temp_file(name: str) -> bool:

@@ -413,3 +413,36 @@ def test_ctrl_c_is_one_line(tmp_path, synthetic_dir):
     assert "Traceback" not in err and len(err_lines) == 1, err
     assert err_lines[0].startswith("jaxface reconstruct: interrupted; 0 of 2 photos reconstructed in this run")
     assert err_lines[0].endswith("rerun the same command to resume")
+
+
+def _readers():
+    from jaxface.identity import dlib_format
+    from jaxface.outputs import files
+    from jaxface.report import collect
+    from jaxface.rnet import convert
+
+    return {  # what the message names, reader, limit, suffix
+        "image": (align.load_image, align.MAX_FILE_BYTES, ".png"),
+        "result file": (files.load_mat, files.MAX_MAT_BYTES, ".mat"),
+        "mesh": (files.load_obj, files.MAX_OBJ_BYTES, ".obj"),
+        "dlib face recognition model": (dlib_format.read_dlib_net, dlib_format.MAX_FILE_BYTES, ".dat"),
+        "run record": (collect.read_json, collect.MAX_JSON_BYTES, ".json"),
+        "epoch_20.pth": (lambda p: convert.check_source_file(p, "epoch_20.pth"), convert.MAX_FILE_BYTES, ".pth"),
+    }
+
+
+@pytest.mark.parametrize("what", ["image", "result file", "mesh", "dlib face recognition model", "run record",
+                                  "epoch_20.pth"])
+def test_files_users_bring_are_size_checked_before_reading(tmp_path, what):
+    read, limit, suffix = _readers()[what]
+    path = tmp_path / f"input{suffix}"
+    with pytest.raises(FileNotFoundError, match=f"{what} .*not found"):
+        read(path)
+    path.touch()
+    with pytest.raises(ValueError, match=f"{what} .*is an empty file"):
+        read(path)
+    with open(path, "wb") as f:
+        f.truncate(limit + 1)  # sparse: no disk used, and nothing may read it
+    with pytest.raises(ValueError, match="refusing files over") as e:
+        read(path)
+    assert what in str(e.value) and str(path) in str(e.value)

@@ -19,6 +19,7 @@ from typing import Any, Mapping
 
 import jax
 
+from jaxface.fileio import checked_file
 from jaxface.identity.arcface import IResNetConfig, abstract_variables, torch_state_to_variables
 from jaxface.paths import weights_dir
 from jaxface.rnet.checkpoint import write_weights
@@ -81,12 +82,8 @@ def read_torch_state(pth_path: str | Path) -> Mapping[str, Any]:
         import torch
     except ImportError as e:
         raise ImportError("converting an ArcFace backbone.pth needs PyTorch: pip install 'jaxface[torch]'") from e
-    path = Path(pth_path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"ArcFace weights not found at {path}; expected arcface_torch's backbone.pth")
-    size = path.stat().st_size
-    if size == 0 or size > MAX_FILE_BYTES:
-        raise ValueError(f"{path} is {size} bytes; an iresnet50/100 backbone.pth is 170-260 MB")
+    path = checked_file(pth_path, "ArcFace weights", MAX_FILE_BYTES, typical="an iresnet50/100 backbone.pth is 170-260 MB",
+                        missing="expected arcface_torch's backbone.pth")
     obj = load_torch_file(path, "arcface_torch's backbone.pth")
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]

@@ -28,6 +28,8 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxface.fileio import checked_file
+
 MAX_FILE_BYTES = 256 << 20  # the released file is 22 MB
 TENSOR_VERSION, ALIAS_VERSION = 2, 1
 
@@ -280,10 +282,6 @@ def parse(data: bytes, what: str = "dlib network") -> DlibNet:
 
 def read_dlib_net(path: str | Path) -> DlibNet:
     """Parse the file at `path` (size-checked first)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"dlib face recognition model not found at {path}")
-    size = path.stat().st_size
-    if size > MAX_FILE_BYTES:
-        raise DlibFormatError(f"{path} is {size >> 20} MB, far more than dlib's face network (22 MB); refusing to read it")
+    path = checked_file(path, "dlib face recognition model", MAX_FILE_BYTES,
+                        typical="dlib's face network is 22 MB", error=DlibFormatError)
     return parse(path.read_bytes(), str(path))

@@ -28,6 +28,7 @@ import numpy as np
 
 from jaxface.coeffs import LAYOUT, NUM_COEFFS, Coeffs
 from jaxface.conventions import CROP_SIZE
+from jaxface.fileio import checked_file
 from jaxface.outputs.paths import atomic_output
 
 MAX_MAT_BYTES = 256 << 20   # a result .mat is about 1.5 MB
@@ -152,17 +153,6 @@ _MAT_SHAPES = {
 }
 
 
-def _readable_file(path, what: str, max_bytes: int, typical: str) -> Path:
-    """`path` as a Path after checking it exists and is not absurdly large (checked before reading)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"{what} {path} not found")
-    size = path.stat().st_size
-    if size > max_bytes:
-        raise ValueError(f"{path} is {size >> 20} MB; {typical}, refusing files over {max_bytes >> 20} MB")
-    return path
-
-
 def load_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """Read a result `.mat` in either reference layout (or both, as `save_mat` writes).
 
@@ -174,7 +164,7 @@ def load_mat(path: str | os.PathLike) -> dict[str, np.ndarray]:
     from scipy.io import loadmat, whosmat
     from scipy.io.matlab import MatReadError
 
-    path = _readable_file(path, "result file", MAX_MAT_BYTES, "a result .mat is a few MB")
+    path = checked_file(path, "result file", MAX_MAT_BYTES, typical="a result .mat is a few MB")
     try:
         # Headers first (cheap, even for compressed variables): refuse huge arrays before
         # allocating them, and read only the keys we know. MAT v5 holds plain arrays; nothing is unpickled.
@@ -306,7 +296,7 @@ def load_obj(path: str | os.PathLike) -> tuple[np.ndarray, np.ndarray | None, np
     records (vn, vt, comments, groups). Colours are returned as written (None if no vertex
     has them). Polygons with more than three corners and relative (negative) indices are refused.
     """
-    path = _readable_file(path, "mesh", MAX_OBJ_BYTES, "a face mesh .obj is a few MB")
+    path = checked_file(path, "mesh", MAX_OBJ_BYTES, typical="a face mesh .obj is a few MB")
     lines = path.read_bytes().splitlines()
     vals = _records(path, b"v", [ln[2:] for ln in lines if ln[:2] in (b"v ", b"v\t")], (3, 6), np.float64)
     faces = re.sub(rb"/\S*", b"", b"\n".join(ln[2:] for ln in lines if ln[:2] in (b"f ", b"f\t")))  # drop /vt/vn

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from jaxface.conventions import IMAGE_SUFFIXES
-from jaxface.fileio import write_text_atomic
+from jaxface.fileio import checked_file, write_text_atomic
 from jaxface.outputs import (
     OutputPathError,
     read_failures_csv,
@@ -47,10 +47,7 @@ class Photo:
 
 def read_json(path: Path) -> dict:
     """A JSON object from `path` (size checked first); ValueError naming the file otherwise."""
-    size = path.stat().st_size
-    if size > MAX_JSON_BYTES:
-        raise ValueError(f"{path} is {size >> 20} MB; a run record is a few kB, refusing files over "
-                         f"{MAX_JSON_BYTES >> 20} MB (delete it and rerun `jaxface report`)")
+    checked_file(path, "run record", MAX_JSON_BYTES, typical="a run record is a few kB (delete it and rerun `jaxface report`)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:

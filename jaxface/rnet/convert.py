@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxface.fileio import checked_file
 from jaxface.rnet.checkpoint import default_rnet_dir, save_rnet
 from jaxface.rnet.network import FEATURES, HEAD_WIDTHS, STAGES, RNetConfig, abstract_variables
 
@@ -145,17 +146,9 @@ def _import_torch():
 
 
 def check_source_file(path: Path, expected: str) -> Path:
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"{expected} not found at {path}. Download it from the reference implementation's README "
-            "(see weights/README.md), then run `jaxface convert-weights PATH`.")
-    size = path.stat().st_size
-    if size == 0:
-        raise ValueError(f"{path} is empty; expected {expected} (re-download it)")
-    if size > MAX_FILE_BYTES:
-        raise ValueError(f"{path} is {size / 2**30:.1f} GiB, far more than {expected} (~100-400 MB); refusing to read it")
-    return path
+    return checked_file(path, expected, MAX_FILE_BYTES, typical=f"{expected} is 100-400 MB (re-download it)",
+                        missing="download it from the reference implementation's README (see weights/README.md), "
+                                "then run `jaxface convert-weights PATH`")
 
 
 def file_sha256(path: Path) -> str:
