@@ -142,6 +142,32 @@ def test_max_pool_equals_reduce_window(shape):
         np.testing.assert_allclose(grads[0], grads[1], atol=1e-6)
 
 
+@pytest.mark.parametrize("shape,k,stride", [((2, 14, 14, 16), 3, 1), ((1, 14, 13, 8), 3, 2), ((1, 7, 7, 4), 3, 1),
+                                            ((2, 9, 11, 3), 5, 2), ((1, 8, 8, 5), 1, 2)])
+def test_row_products_equal_convolution(shape, k, stride):
+    """The 3x3 convolutions of bfloat16 R-Net on a CPU run as K products over column shifts:
+    values and gradients equal XLA's convolution with the same symmetric padding."""
+    from jaxface.rnet.network import _row_products
+
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal(shape).astype(np.float32))
+    kernel = jnp.asarray(rng.standard_normal((k, k, shape[-1], 6)).astype(np.float32))
+    pad = (k - 1) // 2
+
+    def ref(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel, (stride, stride), ((pad, pad), (pad, pad)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+                                            precision=jax.lax.Precision.HIGHEST)
+
+    out = _row_products(x, kernel, stride)
+    np.testing.assert_allclose(out, ref(x, kernel), rtol=1e-5, atol=1e-5)
+    w = jnp.asarray(rng.standard_normal(out.shape).astype(np.float32))
+    grads = [jax.grad(lambda x, kk: jnp.sum(f(x, kk) * w), argnums=(0, 1))(x, kernel)
+             for f in (lambda x, kk: _row_products(x, kk, stride), ref)]
+    for a, b in zip(*grads):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4)
+
+
 def test_train_mode_updates_batch_stats(converted, crops):
     _, variables, config = converted
     out, updates = RNet(config).apply(variables, crops, train=True, mutable=["batch_stats"])
