@@ -47,6 +47,8 @@ _state = {"depth": 0, "saved": []}
 
 
 def _pin(threads: Sequence[int]) -> list:
+    """Pin `threads[i]` to the i-th allowed core (round robin), skipping threads that have
+    ended; returns (thread, previous affinity) of those pinned."""
     cores = sorted(os.sched_getaffinity(0))
     saved = []
     for i, tid in enumerate(threads):
@@ -68,17 +70,16 @@ def _restore(saved: list) -> None:
 
 
 @contextlib.contextmanager
-def pinned(threads: Sequence[int] | None = None):
-    """While the block runs, thread `threads[i]` (default: `xla_workers()`) may run only on the
-    i-th core this process may use (round robin); each gets its previous affinity back when
-    the last open block ends. Threads that have ended are skipped; a no-op where `can_pin()`
-    is False."""
+def pinned():
+    """While the block runs, XLA's i-th worker (`xla_workers()`) may run only on the i-th core
+    this process may use (round robin); each gets its previous affinity back when the last
+    open block ends. A no-op where `can_pin()` is False."""
     if not can_pin():
         yield
         return
     with _lock:
         if _state["depth"] == 0:
-            _state["saved"] = _pin(xla_workers() if threads is None else threads)
+            _state["saved"] = _pin(xla_workers())
         _state["depth"] += 1
     try:
         yield

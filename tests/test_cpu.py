@@ -85,10 +85,14 @@ def test_overlapping_blocks_from_two_threads_restore_once_at_the_last_exit():
 
 
 @needs_pinning
-def test_pinned_skips_threads_that_are_gone():
+def test_pinning_skips_threads_that_are_gone():
     jnp.ones(3).block_until_ready()
     workers = cpu.xla_workers()
     before = _affinities(workers)
-    with cpu.pinned([2**22 + 12345, *workers]):  # no such thread first
+    saved = cpu._pin([2**22 + 12345, *workers])  # no such thread first
+    try:
+        assert [tid for tid, _ in saved] == list(workers)
         assert all(len(a) == 1 for a in _affinities(workers))
+    finally:
+        cpu._restore(saved)
     assert _affinities(workers) == before
