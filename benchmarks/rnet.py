@@ -16,7 +16,6 @@ Needs torch (`pip install 'jaxface[torch]'`). `flax_speed` (Flax alone, no torch
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import os
@@ -52,7 +51,7 @@ def flax_run(variables, images, config: RNetConfig, pin: bool = True):
     """A callable running `predict` once on device-resident `images` and waiting for it, with
     XLA's CPU workers pinned one per core as `Reconstructor` runs it (`pin`, CPU only)."""
     def run():
-        with cpu.pinned() if pin and jax.default_backend() == "cpu" else contextlib.nullcontext():
+        with cpu.pinned(pin):
             return predict(variables, images, config).block_until_ready()
     return run
 

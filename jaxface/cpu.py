@@ -70,11 +70,13 @@ def _restore(saved: list) -> None:
 
 
 @contextlib.contextmanager
-def pinned():
+def pinned(enabled: bool = True):
     """While the block runs, XLA's i-th worker (`xla_workers()`) may run only on the i-th core
     this process may use (round robin); each gets its previous affinity back when the last
-    open block ends. A no-op where `can_pin()` is False."""
-    if not can_pin():
+    open block ends. A no-op unless `enabled`, JAX computes on the CPU and `can_pin()`."""
+    import jax
+
+    if not (enabled and jax.default_backend() == "cpu" and can_pin()):
         yield
         return
     with _lock:

@@ -13,7 +13,6 @@ Batches are padded to a few bucket sizes so varying batch sizes reuse compiled p
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
 import sys
@@ -301,8 +300,7 @@ class Reconstructor:
 
     def run(self, prepared: "Prepared") -> Reconstruction:
         """Coefficients, formation, rendering and photo-pixel results of a `prepare`d batch."""
-        pin = self.config.pin_cpu_workers and jax.default_backend() == "cpu"
-        with cpu.pinned() if pin else contextlib.nullcontext():
+        with cpu.pinned(self.config.pin_cpu_workers):
             return self._run(prepared)
 
     def _run(self, prepared: "Prepared") -> Reconstruction:

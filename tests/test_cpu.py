@@ -58,6 +58,8 @@ def test_pinned_gives_each_worker_its_own_core_and_restores_after():
         with cpu.pinned():
             raise KeyError("x")
     assert _affinities(workers) == before
+    with cpu.pinned(enabled=False):
+        assert _affinities(workers) == before
 
 
 @needs_pinning
