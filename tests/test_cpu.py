@@ -22,23 +22,29 @@ def _affinities(tids):
 @needs_pinning
 def test_xla_workers_are_the_threads_that_run_a_parallel_product():
     f = jax.jit(lambda a: a @ a)
-    a = jnp.ones((512, 512))
+    a = jnp.ones((1024, 1024))
     f(a).block_until_ready()
     workers = cpu.xla_workers()
     assert len(workers) >= 2 and threading.get_native_id() not in workers
 
-    def ran():
+    def ran():  # ns each thread of this process has run
         out = {}
-        for t in workers:
-            with open(f"/proc/self/task/{t}/schedstat") as fh:
-                out[t] = int(fh.read().split()[0])
+        for t in os.listdir("/proc/self/task"):
+            try:
+                with open(f"/proc/self/task/{t}/schedstat") as fh:
+                    out[int(t)] = int(fh.read().split()[0])
+            except OSError:
+                pass
         return out
 
     before = ran()
-    for _ in range(20):
+    for _ in range(10):
         f(a).block_until_ready()
     after = ran()
-    assert sum(after[t] > before[t] for t in workers) >= 2
+    spent = {t: after[t] - before.get(t, 0) for t in after}
+    # XLA's executing thread takes a share of a product (about half here, with or without other
+    # load); which worker takes which task varies. The named threads must do a real share of it.
+    assert sum(spent[t] for t in workers if t in spent) > 0.25 * sum(spent.values())
 
 
 @needs_pinning
