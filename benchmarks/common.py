@@ -33,11 +33,13 @@ def median_seconds(fn, *args, repeats: int = 7):
     return statistics.median(out)
 
 
-def alternate(fns: dict, repeats: int = 7) -> dict:
-    """Median seconds per callable, running them in alternation so machine noise hits all alike."""
+def alternate(fns: dict, repeats: int = 7, pause_s: float = 0.0) -> dict:
+    """Median seconds per callable, running them in alternation so machine noise hits all alike;
+    each call after `pause_s` idle (a single interactive call) when given."""
     times = {k: [] for k in fns}
     for _ in range(repeats):
         for k, f in fns.items():
+            time.sleep(pause_s)
             t = time.perf_counter()
             block(f())
             times[k].append(time.perf_counter() - t)

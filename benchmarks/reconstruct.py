@@ -134,16 +134,10 @@ def after_pause(model, weights, repeats: int = 7, pause_s: float = 0.2) -> dict:
     recons = {name: Reconstructor(model=model, weights=weights, quiet=True,
                                   config=ReconstructConfig(method="rnet", buckets=(1,), pin_cpu_workers=pin))
               for name, pin in (("pinned", True), ("unpinned", False))}
-    times = {name: [] for name in recons}
     for r in recons.values():
         r(images, lms)
-    for _ in range(repeats):
-        for name, r in recons.items():
-            time.sleep(pause_s)
-            t = time.perf_counter()
-            r(images, lms)
-            times[name].append(time.perf_counter() - t)
-    ms = {name: round(1e3 * statistics.median(v), 1) for name, v in times.items()}
+    seconds = alternate({name: partial(r, images, lms) for name, r in recons.items()}, repeats, pause_s)
+    ms = {name: round(1e3 * s, 1) for name, s in seconds.items()}
     return {"pause_s": pause_s, "ms": ms, "unpinned_over_pinned": round(ms["unpinned"] / ms["pinned"], 2)}
 
 
