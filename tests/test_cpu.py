@@ -19,6 +19,13 @@ def _affinities(tids):
     return [os.sched_getaffinity(t) for t in tids]
 
 
+@pytest.fixture
+def workers():
+    """XLA's worker threads, once JAX's CPU backend has started."""
+    jnp.ones(3).block_until_ready()
+    return cpu.xla_workers()
+
+
 @needs_pinning
 def test_xla_workers_are_the_threads_that_run_a_parallel_product():
     f = jax.jit(lambda a: a @ a)
@@ -48,9 +55,7 @@ def test_xla_workers_are_the_threads_that_run_a_parallel_product():
 
 
 @needs_pinning
-def test_pinned_gives_each_worker_its_own_core_and_restores_after():
-    jnp.ones(3).block_until_ready()
-    workers = cpu.xla_workers()
+def test_pinned_gives_each_worker_its_own_core_and_restores_after(workers):
     cores = sorted(os.sched_getaffinity(0))
     before = _affinities(workers)
     with cpu.pinned():
@@ -69,9 +74,7 @@ def test_pinned_gives_each_worker_its_own_core_and_restores_after():
 
 
 @needs_pinning
-def test_overlapping_blocks_from_two_threads_restore_once_at_the_last_exit():
-    jnp.ones(3).block_until_ready()
-    workers = cpu.xla_workers()
+def test_overlapping_blocks_from_two_threads_restore_once_at_the_last_exit(workers):
     before = _affinities(workers)
     entered, release = threading.Event(), threading.Event()
 
@@ -93,9 +96,7 @@ def test_overlapping_blocks_from_two_threads_restore_once_at_the_last_exit():
 
 
 @needs_pinning
-def test_pinning_skips_threads_that_are_gone():
-    jnp.ones(3).block_until_ready()
-    workers = cpu.xla_workers()
+def test_pinning_skips_threads_that_are_gone(workers):
     before = _affinities(workers)
     saved = cpu._pin([2**22 + 12345, *workers])  # no such thread first
     try:
